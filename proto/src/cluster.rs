@@ -1,0 +1,1 @@
+//! Cluster map and leader protocol (filled in by the leader work).
