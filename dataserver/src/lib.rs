@@ -1,1 +1,1 @@
-//! Chorus dataserver.
+pub mod engine;
