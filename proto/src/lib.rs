@@ -15,6 +15,7 @@ pub mod error;
 pub mod file_id;
 pub mod frame;
 pub mod message;
+pub mod units;
 
 pub use error::{ErrorCode, WireError};
 pub use file_id::{FileId, FileIdError};

@@ -65,6 +65,13 @@ pub trait Body: Send {
 pub enum EngineError {
     #[error("{0}")]
     Placeholder(String),
+    /// The request body did not match its declaration (used by the network
+    /// layer's `Body`; maps to BadRequest). KEEP: server/body.rs uses it.
+    #[error("bad request body: {0}")]
+    BadBody(String),
+    /// KEEP: server/mod.rs uses it.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl EngineError {

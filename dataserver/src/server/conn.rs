@@ -1,0 +1,421 @@
+//! One client connection: read a request, run it against the engine, answer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::frame::STREAM_CHUNK;
+use proto::{
+    DataChunk, ErrorCode, FileId, FrameError, FrameReader, FrameWriter, Message, Reply, Request,
+    RequestEnvelope, ResponseEnvelope, WireError,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, info_span, warn, Instrument};
+
+use super::body::{message_kind, NetBody};
+use super::metrics::Metrics;
+use crate::engine::{Engine, EngineError};
+
+/// What the connection loop needs from the server.
+pub struct ConnContext {
+    pub engine: Arc<Engine>,
+    pub metrics: Arc<Metrics>,
+    pub server_id: u32,
+    pub group: String,
+    pub max_file_size: u64,
+    pub idle_timeout: Duration,
+    pub frame_timeout: Duration,
+    /// Flips to true when the server is stopping.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// How a request ended, for the connection loop.
+enum Outcome {
+    /// Answered; keep serving this connection.
+    Continue,
+    /// Answered (or not answerable); close the connection.
+    Close,
+}
+
+type Res = Result<Reply, WireError>;
+
+fn engine_err(e: EngineError) -> WireError {
+    WireError::new(e.code(), e.to_string())
+}
+
+fn parse_id(ctx: &ConnContext, s: &str) -> Result<FileId, WireError> {
+    let id = FileId::parse(s).map_err(|e| WireError::new(ErrorCode::InvalidFileId, e.to_string()))?;
+    if id.group() != ctx.group {
+        return Err(WireError::new(
+            ErrorCode::WrongGroup,
+            format!(
+                "file {s} belongs to group {}, this server serves {}",
+                id.group(),
+                ctx.group
+            ),
+        ));
+    }
+    Ok(id)
+}
+
+/// Serve one connection until the peer closes it, it idles out, or it
+/// breaks the protocol.
+pub async fn serve<R, W>(ctx: Arc<ConnContext>, reader: R, writer: W, peer: String)
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let mut reader = FrameReader::with_limits(
+        reader,
+        proto::frame::DEFAULT_MAX_META,
+        proto::frame::DEFAULT_MAX_PAYLOAD,
+    );
+    let mut writer = FrameWriter::new(writer);
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let next = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = tokio::time::timeout(ctx.idle_timeout, reader.read::<Message>()) => r,
+        };
+        let frame = match next {
+            Err(_) => {
+                debug!(%peer, "closing idle connection");
+                return;
+            }
+            Ok(Ok(None)) => return,
+            Ok(Ok(Some(f))) => f,
+            Ok(Err(e)) => {
+                if !e.is_disconnect() {
+                    warn!(%peer, error = %e, "bad frame; closing connection");
+                    ctx.metrics.protocol_error();
+                    let code = match e {
+                        FrameError::MetaTooLarge { .. } | FrameError::PayloadTooLarge { .. } => {
+                            ErrorCode::TooLarge
+                        }
+                        _ => ErrorCode::Protocol,
+                    };
+                    let _ = send_response(&mut writer, 0, Err(WireError::new(code, e.to_string())))
+                        .await;
+                }
+                return;
+            }
+        };
+        let env = match frame {
+            (Message::Request(env), payload) if payload.is_empty() => env,
+            (other, _) => {
+                ctx.metrics.protocol_error();
+                let why = format!(
+                    "expected a request frame without payload, got {}",
+                    message_kind(&other)
+                );
+                warn!(%peer, "{why}; closing connection");
+                let _ = send_response(&mut writer, 0, Err(WireError::new(ErrorCode::Protocol, why)))
+                    .await;
+                return;
+            }
+        };
+        let span = info_span!(
+            "request",
+            id = env.id,
+            op = env.op.op_name(),
+            file_id = env.op.file_id().unwrap_or(""),
+            %peer
+        );
+        let outcome = handle(&ctx, env, &mut reader, &mut writer)
+            .instrument(span)
+            .await;
+        if let Outcome::Close = outcome {
+            return;
+        }
+    }
+}
+
+async fn send_response<W: AsyncWrite + Unpin>(
+    writer: &mut FrameWriter<W>,
+    id: u64,
+    result: Res,
+) -> Result<(), FrameError> {
+    writer
+        .write(&Message::Response(ResponseEnvelope { id, result }), &[])
+        .await
+}
+
+async fn handle<R, W>(
+    ctx: &ConnContext,
+    env: RequestEnvelope,
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+) -> Outcome
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let started = std::time::Instant::now();
+    let op = env.op.op_name();
+    let id = env.id;
+
+    // Requests with a body: run them, then make sure the body was consumed.
+    if let Some(size) = env.op.body_len() {
+        if size > ctx.max_file_size {
+            // Too large to drain politely: answer and close.
+            let err = WireError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "body of {size} bytes exceeds this server's limit of {}",
+                    ctx.max_file_size
+                ),
+            );
+            ctx.metrics.finish(op, false, started.elapsed());
+            let _ = send_response(writer, id, Err(err)).await;
+            return Outcome::Close;
+        }
+        let mut body = NetBody::new(reader, id, size, ctx.frame_timeout);
+        let result = run_with_body(ctx, env.op, &mut body).await;
+        let in_step = body.drain().await;
+        if let Some(why) = body.broken() {
+            warn!(error = why, "malformed request body; closing connection");
+            ctx.metrics.protocol_error();
+            let err = WireError::new(ErrorCode::Protocol, why.to_string());
+            ctx.metrics.finish(op, false, started.elapsed());
+            let _ = send_response(writer, id, Err(err)).await;
+            return Outcome::Close;
+        }
+        if let Err(e) = &result {
+            debug!(code = %e.code, error = %e.message, "request failed");
+        }
+        ctx.metrics.bytes_in(size);
+        ctx.metrics.finish(op, result.is_ok(), started.elapsed());
+        if send_response(writer, id, result).await.is_err() || !in_step {
+            return Outcome::Close;
+        }
+        return Outcome::Continue;
+    }
+
+    if let Request::Download {
+        file_id,
+        offset,
+        length,
+    } = env.op
+    {
+        let out = download(ctx, id, &file_id, offset, length, writer).await;
+        ctx.metrics.finish(op, out.is_ok(), started.elapsed());
+        return match out {
+            Ok(()) => Outcome::Continue,
+            Err(DownloadEnd::Answered) => Outcome::Continue,
+            Err(DownloadEnd::Broken) => Outcome::Close,
+        };
+    }
+
+    let result = run_simple(ctx, env.op).await;
+    if let Err(e) = &result {
+        debug!(code = %e.code, error = %e.message, "request failed");
+    }
+    ctx.metrics.finish(op, result.is_ok(), started.elapsed());
+    match send_response(writer, id, result).await {
+        Ok(()) => Outcome::Continue,
+        Err(_) => Outcome::Close,
+    }
+}
+
+async fn run_with_body<R: AsyncRead + Unpin + Send>(
+    ctx: &ConnContext,
+    op: Request,
+    body: &mut NetBody<'_, R>,
+) -> Res {
+    match op {
+        Request::Upload {
+            size,
+            ext,
+            meta,
+            appender,
+        } => {
+            proto::file_id::validate_ext(&ext)
+                .map_err(|e| WireError::new(ErrorCode::BadRequest, e.to_string()))?;
+            ctx.engine
+                .upload(size, &ext, meta, appender, body)
+                .await
+                .map(Reply::Stat)
+                .map_err(engine_err)
+        }
+        Request::Append {
+            file_id,
+            size,
+            if_version,
+        } => {
+            let fid = parse_id(ctx, &file_id)?;
+            ctx.engine
+                .append(&fid, size, if_version, body)
+                .await
+                .map(Reply::Stat)
+                .map_err(engine_err)
+        }
+        Request::Modify {
+            file_id,
+            offset,
+            size,
+            if_version,
+        } => {
+            let fid = parse_id(ctx, &file_id)?;
+            ctx.engine
+                .modify(&fid, offset, size, if_version, body)
+                .await
+                .map(Reply::Stat)
+                .map_err(engine_err)
+        }
+        other => Err(WireError::new(
+            ErrorCode::Internal,
+            format!("{} has no body", other.op_name()),
+        )),
+    }
+}
+
+async fn run_simple(ctx: &ConnContext, op: Request) -> Res {
+    let e = &ctx.engine;
+    match op {
+        Request::Ping => Ok(Reply::Pong {
+            server_id: ctx.server_id,
+            group: ctx.group.clone(),
+            data_version: e.data_version(),
+        }),
+        Request::Delete {
+            file_id,
+            if_version,
+        } => {
+            let fid = parse_id(ctx, &file_id)?;
+            e.delete(&fid, if_version)
+                .await
+                .map(|version| Reply::Deleted { version })
+                .map_err(engine_err)
+        }
+        Request::Truncate {
+            file_id,
+            size,
+            if_version,
+        } => {
+            let fid = parse_id(ctx, &file_id)?;
+            e.truncate(&fid, size, if_version)
+                .await
+                .map(Reply::Stat)
+                .map_err(engine_err)
+        }
+        Request::Stat { file_id } => {
+            let fid = parse_id(ctx, &file_id)?;
+            e.stat(&fid).await.map(Reply::Stat).map_err(engine_err)
+        }
+        Request::SetMeta {
+            file_id,
+            meta,
+            mode,
+            if_version,
+        } => {
+            let fid = parse_id(ctx, &file_id)?;
+            e.set_meta(&fid, meta, mode, if_version)
+                .await
+                .map(Reply::Stat)
+                .map_err(engine_err)
+        }
+        Request::GetMeta { file_id } => {
+            let fid = parse_id(ctx, &file_id)?;
+            e.get_meta(&fid)
+                .await
+                .map(|(meta, version)| Reply::Meta { meta, version })
+                .map_err(engine_err)
+        }
+        Request::Exists { file_id } => {
+            let fid = parse_id(ctx, &file_id)?;
+            e.exists(&fid).await.map(Reply::Exists).map_err(engine_err)
+        }
+        other => Err(WireError::new(
+            ErrorCode::Internal,
+            format!("{} is not a simple request", other.op_name()),
+        )),
+    }
+}
+
+enum DownloadEnd {
+    /// An error response was sent; the connection is still in step.
+    Answered,
+    /// The stream broke after the header; the connection must close.
+    Broken,
+}
+
+async fn download<W: AsyncWrite + Unpin + Send>(
+    ctx: &ConnContext,
+    id: u64,
+    file_id: &str,
+    offset: u64,
+    length: Option<u64>,
+    writer: &mut FrameWriter<W>,
+) -> Result<(), DownloadEnd> {
+    let opened = match parse_id(ctx, file_id) {
+        Ok(fid) => ctx
+            .engine
+            .open_read(&fid, offset, length)
+            .await
+            .map_err(engine_err),
+        Err(e) => Err(e),
+    };
+    let mut read = match opened {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(code = %e.code, error = %e.message, "download refused");
+            return match send_response(writer, id, Err(e)).await {
+                Ok(()) => Err(DownloadEnd::Answered),
+                Err(_) => Err(DownloadEnd::Broken),
+            };
+        }
+    };
+    let header = Reply::Download {
+        stat: read.stat.clone(),
+        offset: read.offset,
+        length: read.length,
+    };
+    if send_response(writer, id, Ok(header)).await.is_err() {
+        return Err(DownloadEnd::Broken);
+    }
+    let mut sent: u64 = 0;
+    let total = read.length;
+    loop {
+        let chunk = match read.next_chunk(STREAM_CHUNK).await {
+            Ok(c) => c,
+            Err(e) => {
+                // The header is out; the only honest signal left is to cut
+                // the stream so the client sees a short read.
+                warn!(error = %e, sent, total, "download failed mid-stream; closing connection");
+                return Err(DownloadEnd::Broken);
+            }
+        };
+        let Some(bytes) = chunk else {
+            if sent != total {
+                warn!(sent, total, "download ended short; closing connection");
+                return Err(DownloadEnd::Broken);
+            }
+            if total == 0 {
+                let last = Message::Data(DataChunk { id, last: true });
+                if writer.write(&last, &[]).await.is_err() {
+                    return Err(DownloadEnd::Broken);
+                }
+            }
+            ctx.metrics.bytes_out(sent);
+            return Ok(());
+        };
+        sent += bytes.len() as u64;
+        if sent > total {
+            warn!(sent, total, "engine returned more than asked; closing connection");
+            return Err(DownloadEnd::Broken);
+        }
+        let msg = Message::Data(DataChunk {
+            id,
+            last: sent == total,
+        });
+        if writer.write(&msg, &bytes).await.is_err() {
+            return Err(DownloadEnd::Broken);
+        }
+        if sent == total {
+            ctx.metrics.bytes_out(sent);
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! A minimal HTTP endpoint for `GET /metrics`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tracing::debug;
+
+use super::metrics::Metrics;
+use crate::engine::Engine;
+
+pub async fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    engine: Arc<Engine>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((stream, _)) = accepted else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (m, e) = (metrics.clone(), engine.clone());
+        tokio::spawn(async move {
+            if let Err(err) = tokio::time::timeout(Duration::from_secs(5), answer(stream, &m, &e)).await {
+                debug!(error = %err, "metrics request timed out");
+            }
+        });
+    }
+}
+
+async fn answer(mut stream: TcpStream, metrics: &Metrics, engine: &Engine) {
+    let mut buf = [0u8; 4096];
+    let mut got = 0;
+    while got < buf.len() {
+        match stream.read(&mut buf[got..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => got += n,
+        }
+        if buf[..got].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&buf[..got]);
+    let (status, body) = if head.starts_with("GET /metrics ") {
+        let mut extra: Vec<(String, f64)> = vec![(
+            "chorus_data_version".to_string(),
+            engine.data_version() as f64,
+        )];
+        let usage = engine.usage();
+        let free: u64 = usage.iter().map(|u| u.free_bytes).sum();
+        let total: u64 = usage.iter().map(|u| u.total_bytes).sum();
+        extra.push(("chorus_disk_free_bytes".to_string(), free as f64));
+        extra.push(("chorus_disk_total_bytes".to_string(), total as f64));
+        let helps = [
+            "Data version of the last durable change.",
+            "Free bytes over all store paths.",
+            "Total bytes over all store paths.",
+        ];
+        let extra: Vec<(&str, &str, f64)> = extra
+            .iter()
+            .zip(helps)
+            .map(|((n, v), h)| (n.as_str(), h, *v))
+            .collect();
+        ("200 OK", metrics.render(&extra))
+    } else {
+        ("404 Not Found", "try GET /metrics\n".to_string())
+    };
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(resp.as_bytes()).await;
+}

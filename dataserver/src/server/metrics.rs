@@ -1,0 +1,138 @@
+//! Request metrics, rendered in the Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+/// Latency bucket bounds, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
+];
+
+#[derive(Default)]
+struct OpStats {
+    ok: u64,
+    err: u64,
+    buckets: [u64; BUCKETS.len()],
+    sum_secs: f64,
+}
+
+/// Counters shared by every connection.
+#[derive(Default)]
+pub struct Metrics {
+    ops: Mutex<BTreeMap<&'static str, OpStats>>,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    protocol_errors: AtomicU64,
+    connections: AtomicU64,
+    connections_refused: AtomicU64,
+}
+
+impl Metrics {
+    pub fn finish(&self, op: &'static str, ok: bool, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let mut ops = self.ops.lock();
+        let s = ops.entry(op).or_default();
+        if ok {
+            s.ok += 1;
+        } else {
+            s.err += 1;
+        }
+        s.sum_secs += secs;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                s.buckets[i] += 1;
+            }
+        }
+    }
+
+    pub fn bytes_in(&self, n: u64) {
+        self.bytes_in.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn bytes_out(&self, n: u64) {
+        self.bytes_out.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn protocol_error(&self) {
+        self.protocol_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition; `extra` adds gauges the caller owns.
+    pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP chorus_requests_total Requests handled, by operation and result.\n");
+        out.push_str("# TYPE chorus_requests_total counter\n");
+        let ops = self.ops.lock();
+        for (op, s) in ops.iter() {
+            let _ = writeln!(out, "chorus_requests_total{{op=\"{op}\",result=\"ok\"}} {}", s.ok);
+            let _ = writeln!(out, "chorus_requests_total{{op=\"{op}\",result=\"error\"}} {}", s.err);
+        }
+        out.push_str("# HELP chorus_request_seconds Request latency, by operation.\n");
+        out.push_str("# TYPE chorus_request_seconds histogram\n");
+        for (op, s) in ops.iter() {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "chorus_request_seconds_bucket{{op=\"{op}\",le=\"{b}\"}} {}",
+                    s.buckets[i]
+                );
+            }
+            let n = s.ok + s.err;
+            let _ = writeln!(out, "chorus_request_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {n}");
+            let _ = writeln!(out, "chorus_request_seconds_sum{{op=\"{op}\"}} {}", s.sum_secs);
+            let _ = writeln!(out, "chorus_request_seconds_count{{op=\"{op}\"}} {n}");
+        }
+        drop(ops);
+        let counters = [
+            ("chorus_bytes_received_total", "File bytes received.", &self.bytes_in),
+            ("chorus_bytes_sent_total", "File bytes sent.", &self.bytes_out),
+            ("chorus_protocol_errors_total", "Malformed frames or bodies.", &self.protocol_errors),
+            ("chorus_connections_total", "Connections accepted.", &self.connections),
+            (
+                "chorus_connections_refused_total",
+                "Connections refused over the limit.",
+                &self.connections_refused,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+        }
+        for (name, help, v) in extra {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counts() {
+        let m = Metrics::default();
+        m.finish("upload", true, Duration::from_micros(300));
+        m.finish("upload", false, Duration::from_millis(3));
+        m.bytes_in(10);
+        let text = m.render(&[("chorus_data_version", "Last data version.", 7.0)]);
+        assert!(text.contains("chorus_requests_total{op=\"upload\",result=\"ok\"} 1"));
+        assert!(text.contains("chorus_requests_total{op=\"upload\",result=\"error\"} 1"));
+        assert!(text.contains("chorus_request_seconds_bucket{op=\"upload\",le=\"0.0005\"} 1"));
+        assert!(text.contains("chorus_request_seconds_count{op=\"upload\"} 2"));
+        assert!(text.contains("chorus_bytes_received_total 10"));
+        assert!(text.contains("chorus_data_version 7"));
+    }
+}

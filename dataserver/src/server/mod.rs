@@ -1,0 +1,188 @@
+//! The network side of the dataserver: accept connections, serve requests,
+//! expose metrics, stop cleanly.
+
+mod body;
+mod conn;
+mod http;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::engine::{Engine, EngineError};
+use conn::ConnContext;
+use metrics::Metrics;
+use proto::{ErrorCode, FrameWriter, Message, ResponseEnvelope, WireError};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("cannot open the store: {0}")]
+    Engine(#[from] EngineError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A started dataserver.
+pub struct Server {
+    engine: Arc<Engine>,
+    metrics: Arc<Metrics>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    ctx: Arc<ConnContext>,
+    max_connections: usize,
+    grace: Duration,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+impl Server {
+    /// Open the store and bind the listeners.
+    pub async fn start(cfg: Config) -> Result<Server, ServerError> {
+        cfg.validate()?;
+        let engine_cfg = cfg.engine_config();
+        let engine = tokio::task::spawn_blocking(move || Engine::open(engine_cfg))
+            .await
+            .map_err(|e| EngineError::Internal(format!("engine open task failed: {e}")))??;
+        let listener = bind(cfg.listen).await?;
+        let metrics_listener = match cfg.metrics_listen {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let ctx = Arc::new(ConnContext {
+            engine: engine.clone(),
+            metrics: metrics.clone(),
+            server_id: cfg.server_id,
+            group: cfg.group.clone(),
+            max_file_size: cfg.limits.max_file_size,
+            idle_timeout: Duration::from_secs(cfg.limits.idle_timeout_secs.max(1)),
+            frame_timeout: Duration::from_secs(cfg.limits.frame_timeout_secs.max(1)),
+            shutdown: shutdown_rx,
+        });
+        Ok(Server {
+            engine,
+            metrics,
+            listener,
+            metrics_listener,
+            ctx,
+            max_connections: cfg.limits.max_connections,
+            grace: Duration::from_secs(cfg.limits.shutdown_grace_secs),
+            shutdown_tx,
+        })
+    }
+
+    /// The address the data port is bound to.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The address the metrics port is bound to, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Serve until `stop` completes, then finish requests in flight (up to
+    /// the grace period) and close the store.
+    pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> Result<(), ServerError> {
+        let Server {
+            engine,
+            metrics,
+            listener,
+            metrics_listener,
+            ctx,
+            max_connections,
+            grace,
+            shutdown_tx,
+        } = self;
+        let limit = Arc::new(Semaphore::new(max_connections));
+        let mut conns = JoinSet::new();
+        if let Some(l) = metrics_listener {
+            let (m, e) = (metrics.clone(), engine.clone());
+            let rx = ctx.shutdown.clone();
+            conns.spawn(http::serve_metrics(l, m, e, rx));
+        }
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                accepted = listener.accept() => {
+                    let (stream, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let Ok(permit) = limit.clone().try_acquire_owned() else {
+                        metrics.connection_refused();
+                        conns.spawn(refuse(stream, peer));
+                        continue;
+                    };
+                    metrics.connection_opened();
+                    debug!(%peer, "connection accepted");
+                    let ctx = ctx.clone();
+                    conns.spawn(async move {
+                        let (r, w) = stream.into_split();
+                        conn::serve(ctx, r, w, peer.to_string()).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        info!("stopping: no new connections; finishing requests in flight");
+        drop(listener);
+        let _ = shutdown_tx.send(true);
+        let drained = tokio::time::timeout(grace, async {
+            while conns.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!("grace period over; abandoning {} connections", conns.len());
+            conns.abort_all();
+        }
+        engine.shutdown().await?;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Answer a connection over the limit with `busy` and close it.
+async fn refuse(stream: tokio::net::TcpStream, peer: SocketAddr) {
+    warn!(%peer, "connection limit reached; refusing");
+    let mut w = FrameWriter::new(stream);
+    let msg = Message::Response(ResponseEnvelope {
+        id: 0,
+        result: Err(WireError::new(
+            ErrorCode::Busy,
+            "too many connections; try again later",
+        )),
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(1), w.write(&msg, &[])).await;
+}
