@@ -47,6 +47,9 @@ struct Args {
     /// Durability: always (default), batch or never.
     #[arg(long, value_parser = parse_fsync)]
     fsync: Option<FsyncPolicy>,
+    /// Most concurrent client connections (default 1024).
+    #[arg(long)]
+    max_connections: Option<usize>,
     /// Disable io_uring (use pwrite + fdatasync).
     #[arg(long)]
     no_io_uring: bool,
@@ -99,6 +102,9 @@ fn build_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.fsync {
         cfg.storage.fsync = v;
+    }
+    if let Some(v) = args.max_connections {
+        cfg.limits.max_connections = v;
     }
     if args.no_io_uring {
         cfg.storage.io_uring = false;

@@ -1,0 +1,5 @@
+//! Dataserver integration tests: the real `chorus-dataserver` binary on
+//! real sockets and disks.
+
+mod bad_input;
+mod raw;

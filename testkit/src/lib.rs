@@ -1,0 +1,292 @@
+//! Start and stop real Chorus processes for integration tests.
+//!
+//! Every process is killed (SIGKILL) when its handle drops, so a failing
+//! test never leaves a server behind; data directories are temporary
+//! unless the test keeps them to restart a server on the same data.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The directory holding the workspace's built binaries (`target/debug` or
+/// `target/release`), found from the running test executable
+/// (`target/<profile>/deps/<test>`), or `CHORUS_BIN_DIR`.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CHORUS_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary, e.g. `bin("chorus-dataserver")`.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} not found: build the workspace binaries first (cargo build --workspace --bins)",
+        p.display()
+    );
+    p
+}
+
+/// A free loopback port (bound then released).
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr")
+}
+
+/// Options for a dataserver under test.
+#[derive(Clone, Debug)]
+pub struct DataserverOpts {
+    pub group: String,
+    pub server_id: u32,
+    pub large_file_threshold: Option<String>,
+    pub reserved_space: String,
+    pub fsync: String,
+    pub extra_args: Vec<String>,
+    /// Extra store paths (besides the default one under the data dir).
+    pub store_paths: Vec<PathBuf>,
+}
+
+impl Default for DataserverOpts {
+    fn default() -> Self {
+        DataserverOpts {
+            group: "group1".into(),
+            server_id: 1,
+            large_file_threshold: None,
+            // Tests run on shared disks: don't let the default 1 GiB reserve
+            // refuse writes on a nearly full CI machine.
+            reserved_space: "16MiB".into(),
+            fsync: "always".into(),
+            extra_args: Vec::new(),
+            store_paths: Vec::new(),
+        }
+    }
+}
+
+/// A running `chorus-dataserver`.
+pub struct Dataserver {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    opts: DataserverOpts,
+    _tmp: Option<tempfile::TempDir>,
+    log: PathBuf,
+}
+
+impl Dataserver {
+    /// Start a server on a fresh temporary data directory.
+    pub fn start(opts: DataserverOpts) -> Dataserver {
+        let tmp = tempfile::Builder::new()
+            .prefix("chorus-ds-")
+            .tempdir()
+            .expect("tempdir");
+        let data_dir = tmp.path().to_path_buf();
+        let mut ds = Dataserver {
+            child: None,
+            addr: free_addr(),
+            data_dir,
+            opts,
+            _tmp: Some(tmp),
+            log: PathBuf::new(),
+        };
+        ds.spawn();
+        ds
+    }
+
+    /// Start a server on a data directory the caller owns.
+    pub fn start_in(data_dir: &Path, opts: DataserverOpts) -> Dataserver {
+        let mut ds = Dataserver {
+            child: None,
+            addr: free_addr(),
+            data_dir: data_dir.to_path_buf(),
+            opts,
+            _tmp: None,
+            log: PathBuf::new(),
+        };
+        ds.spawn();
+        ds
+    }
+
+    fn spawn(&mut self) {
+        let log = self.data_dir.join(format!(
+            "dataserver-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        let log_file = std::fs::File::create(&log).expect("create log");
+        let mut cmd = Command::new(bin("chorus-dataserver"));
+        cmd.arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(self.addr.to_string())
+            .arg("--group")
+            .arg(&self.opts.group)
+            .arg("--server-id")
+            .arg(self.opts.server_id.to_string())
+            .arg("--reserved-space")
+            .arg(&self.opts.reserved_space)
+            .arg("--fsync")
+            .arg(&self.opts.fsync);
+        if let Some(t) = &self.opts.large_file_threshold {
+            cmd.arg("--large-file-threshold").arg(t);
+        }
+        if !self.opts.store_paths.is_empty() {
+            cmd.arg("--store-path").arg(self.data_dir.join("store0"));
+            for p in &self.opts.store_paths {
+                cmd.arg("--store-path").arg(p);
+            }
+        }
+        cmd.args(&self.opts.extra_args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        let child = cmd.spawn().expect("spawn chorus-dataserver");
+        self.child = Some(child);
+        self.log = log;
+        self.wait_ready(Duration::from_secs(30));
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "chorus-dataserver exited during start ({status}); log:\n{}",
+                        self.log_text()
+                    );
+                }
+            }
+            if ping(self.addr) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "chorus-dataserver not ready after {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL the server and reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit; returns its exit status
+    /// success, or false if it had to be killed.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match c.try_wait() {
+                Ok(Some(st)) => return st.success(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Start again on the same data directory and address.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Restart on the same data with other options.
+    pub fn restart_with(&mut self, opts: DataserverOpts) {
+        self.kill();
+        self.opts = opts;
+        self.spawn();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Dataserver {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Whether a dataserver answers a ping at `addr` (blocking, short timeouts).
+pub fn ping(addr: SocketAddr) -> bool {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return false;
+    };
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(1), async {
+            let Ok(s) = tokio::net::TcpStream::connect(addr).await else {
+                return false;
+            };
+            let (r, w) = s.into_split();
+            let mut w = proto::FrameWriter::new(w);
+            let mut r = proto::FrameReader::new(r);
+            let req = proto::Message::Request(proto::RequestEnvelope {
+                id: 1,
+                client_id: 0,
+                seq: 0,
+                epoch: 0,
+                op: proto::Request::Ping,
+            });
+            if w.write(&req, &[]).await.is_err() {
+                return false;
+            }
+            matches!(
+                r.read::<proto::Message>().await,
+                Ok(Some((proto::Message::Response(proto::ResponseEnvelope { result: Ok(_), .. }), _)))
+            )
+        })
+        .await
+        .unwrap_or(false)
+    })
+}
+
+/// Whether anything accepts TCP connections at `addr`.
+pub fn port_open(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
