@@ -2,4 +2,5 @@
 //! real sockets and disks.
 
 mod bad_input;
+mod crash;
 mod raw;

@@ -27,8 +27,29 @@ impl RawConn {
         }
     }
 
-    /// Send a request (and its body, if any) and read the response.
+    /// Connect, or `None` if nothing listens.
+    pub async fn connect_checked(addr: SocketAddr) -> Option<RawConn> {
+        let s = TcpStream::connect(addr).await.ok()?;
+        let (r, w) = s.into_split();
+        Some(RawConn {
+            r: FrameReader::new(r),
+            w: FrameWriter::new(w),
+            next_id: 1,
+        })
+    }
+
+    /// Send a request (and its body, if any) and read the response;
+    /// panics if the connection fails.
     pub async fn call(&mut self, op: Request, body: &[u8]) -> Result<Reply, WireError> {
+        self.try_call(op, body).await.expect("connection failed")
+    }
+
+    /// Like [`call`](Self::call), but a broken connection is an `Err(String)`.
+    pub async fn try_call(
+        &mut self,
+        op: Request,
+        body: &[u8],
+    ) -> Result<Result<Reply, WireError>, String> {
         let id = self.next_id;
         self.next_id += 1;
         let has_body = op.body_len().is_some();
@@ -39,24 +60,33 @@ impl RawConn {
             epoch: 0,
             op,
         };
-        self.w.write(&Message::Request(env), &[]).await.expect("send");
+        let io = |e: proto::FrameError| e.to_string();
+        self.w.write(&Message::Request(env), &[]).await.map_err(io)?;
         if has_body {
             let mut chunks = body.chunks(proto::frame::STREAM_CHUNK).peekable();
             if chunks.peek().is_none() {
                 self.w
                     .write(&Message::Data(DataChunk { id, last: true }), &[])
                     .await
-                    .expect("send body");
+                    .map_err(io)?;
             }
             while let Some(c) = chunks.next() {
                 let last = chunks.peek().is_none();
                 self.w
                     .write(&Message::Data(DataChunk { id, last }), c)
                     .await
-                    .expect("send body");
+                    .map_err(io)?;
             }
         }
-        self.response(id).await
+        let frame = tokio::time::timeout(Duration::from_secs(30), self.r.read::<Message>())
+            .await
+            .map_err(|_| "response timed out".to_string())?
+            .map_err(io)?
+            .ok_or_else(|| "connection closed before the response".to_string())?;
+        match frame.0 {
+            Message::Response(r) if r.id == id => Ok(r.result),
+            other => Err(format!("unexpected frame {other:?}")),
+        }
     }
 
     /// Read one response frame (with a timeout).
