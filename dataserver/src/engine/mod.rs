@@ -3,13 +3,53 @@
 //!
 //! PUBLIC SURFACE (contract with `server/`): keep these signatures; add
 //! whatever private modules you need below `engine/`.
+//!
+//! Module map:
+//! * [`disk`]: io_uring (or pwrite) disk threads with group commit;
+//! * [`binlog`]: the change log with data versions;
+//! * [`index`]: the in-memory index and the file-state encoding;
+//! * [`checkpoint`]: index checkpoints;
+//! * [`chunk`]: chunk files and record headers, per-store-path state;
+//! * [`space`]: free lists, extent guards, statvfs;
+//! * [`content`]: body streaming, buffered writes, verified reads;
+//! * [`write`]: the mutating operations; [`read`]: downloads;
+//! * [`recovery`]: opening the engine; [`lanes`]: per-file ordering.
+//!
+//! Durability and crash safety are described in `docs/ARCHITECTURE.md`
+//! (storage engine section) and in the comments of [`write`].
+
+mod binlog;
+mod checkpoint;
+mod chunk;
+mod codec;
+mod content;
+mod disk;
+mod error;
+mod index;
+mod lanes;
+mod read;
+mod recovery;
+mod space;
+mod write;
+
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use proto::{ErrorCode, FileId, FileStat, MetaEntry, MetaMode};
+use parking_lot::{Mutex, RwLock};
+use proto::{FileId, FileStat, MetaEntry, MetaMode};
+
+pub use binlog::{op as binlog_op, BinlogRecord};
+pub use error::EngineError;
+
+use chunk::Store;
+use disk::DiskStats;
+use index::{Entry, IndexMap};
 
 /// Durability policy for acknowledged writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize, Default)]
@@ -60,38 +100,19 @@ pub trait Body: Send {
     fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, EngineError>> + Send;
 }
 
-/// What the engine can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("{0}")]
-    Placeholder(String),
-    /// The request body did not match its declaration (used by the network
-    /// layer's `Body`; maps to BadRequest). KEEP: server/body.rs uses it.
-    #[error("bad request body: {0}")]
-    BadBody(String),
-    /// KEEP: server/mod.rs uses it.
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl EngineError {
-    /// The wire code for this error.
-    pub fn code(&self) -> ErrorCode {
-        ErrorCode::Internal
-    }
-}
-
 /// A download in progress.
 pub struct FileRead {
     pub stat: FileStat,
     pub offset: u64,
     pub length: u64,
+    src: read::Src,
+    served: u64,
 }
 
 impl FileRead {
     /// The next piece of at most `max` bytes; `None` when `length` is served.
-    pub async fn next_chunk(&mut self, _max: usize) -> Result<Option<Bytes>, EngineError> {
-        todo!()
+    pub async fn next_chunk(&mut self, max: usize) -> Result<Option<Bytes>, EngineError> {
+        self.next_piece(max).await
     }
 }
 
@@ -104,87 +125,282 @@ pub struct StorePathUsage {
     pub reserved_bytes: u64,
 }
 
-pub struct Engine {}
+/// Counters for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    /// fdatasync calls issued by the disk threads (binlog and data).
+    pub fsyncs: u64,
+    /// Write pieces submitted by the disk threads.
+    pub writes: u64,
+    /// Batches processed by the disk threads.
+    pub batches: u64,
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    stores: Vec<Store>,
+    binlog: binlog::Binlog,
+    index: RwLock<IndexMap>,
+    lanes: lanes::Lanes,
+    /// Every mutation holds it shared; shutdown takes it exclusively.
+    gate: tokio::sync::RwLock<()>,
+    poisoned: Arc<AtomicBool>,
+    closed: AtomicBool,
+    stats: Arc<DiskStats>,
+    ckpt_lock: Mutex<()>,
+    ckpt_thread: Mutex<Option<recovery::CheckpointThread>>,
+}
 
 impl Engine {
-    pub fn open(_cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
-        todo!()
+    /// Open (recovering from the binlog and checkpoint) and start the disk
+    /// threads. Call from inside a tokio runtime or not: nothing async runs here.
+    pub fn open(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
+        recovery::open(cfg)
     }
+
+    /// Store a new file of `size` bytes read from `body`.
     pub async fn upload(
         &self,
-        _size: u64,
-        _ext: &str,
-        _meta: Vec<MetaEntry>,
-        _appender: bool,
-        _body: &mut impl Body,
+        size: u64,
+        ext: &str,
+        meta: Vec<MetaEntry>,
+        appender: bool,
+        body: &mut impl Body,
     ) -> Result<FileStat, EngineError> {
-        todo!()
+        self.do_upload(size, ext, meta, appender, body).await
     }
+
+    /// Start reading `length` bytes (to the end when `None`, clamped to the
+    /// end otherwise) from `offset` (must be <= size).
     pub async fn open_read(
         &self,
-        _id: &FileId,
-        _offset: u64,
-        _length: Option<u64>,
+        id: &FileId,
+        offset: u64,
+        length: Option<u64>,
     ) -> Result<FileRead, EngineError> {
-        todo!()
+        self.do_open_read(id, offset, length).await
     }
-    pub async fn delete(&self, _id: &FileId, _if_version: Option<u64>) -> Result<u64, EngineError> {
-        todo!()
+
+    /// Delete a file; returns the data version of the deletion.
+    pub async fn delete(&self, id: &FileId, if_version: Option<u64>) -> Result<u64, EngineError> {
+        self.do_delete(id, if_version).await
     }
+
+    /// Append `size` bytes to an appender file.
     pub async fn append(
         &self,
-        _id: &FileId,
-        _size: u64,
-        _if_version: Option<u64>,
-        _body: &mut impl Body,
+        id: &FileId,
+        size: u64,
+        if_version: Option<u64>,
+        body: &mut impl Body,
     ) -> Result<FileStat, EngineError> {
-        todo!()
+        self.do_append(id, size, if_version, body).await
     }
+
+    /// Overwrite `size` bytes at `offset` (<= current size; may extend).
     pub async fn modify(
         &self,
-        _id: &FileId,
-        _offset: u64,
-        _size: u64,
-        _if_version: Option<u64>,
-        _body: &mut impl Body,
+        id: &FileId,
+        offset: u64,
+        size: u64,
+        if_version: Option<u64>,
+        body: &mut impl Body,
     ) -> Result<FileStat, EngineError> {
-        todo!()
+        self.do_modify(id, offset, size, if_version, body).await
     }
+
+    /// Set an appender file's size (shrinks, or extends with zeros).
     pub async fn truncate(
         &self,
-        _id: &FileId,
-        _size: u64,
-        _if_version: Option<u64>,
+        id: &FileId,
+        size: u64,
+        if_version: Option<u64>,
     ) -> Result<FileStat, EngineError> {
-        todo!()
+        self.do_truncate(id, size, if_version).await
     }
-    pub async fn stat(&self, _id: &FileId) -> Result<FileStat, EngineError> {
-        todo!()
+
+    pub async fn stat(&self, id: &FileId) -> Result<FileStat, EngineError> {
+        self.check_id(id)?;
+        let idx = self.index.read();
+        idx.get(id)
+            .map(|e| e.stat(id))
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))
     }
+
     pub async fn set_meta(
         &self,
-        _id: &FileId,
-        _meta: Vec<MetaEntry>,
-        _mode: MetaMode,
-        _if_version: Option<u64>,
+        id: &FileId,
+        meta: Vec<MetaEntry>,
+        mode: MetaMode,
+        if_version: Option<u64>,
     ) -> Result<FileStat, EngineError> {
-        todo!()
+        self.do_set_meta(id, meta, mode, if_version).await
     }
-    pub async fn get_meta(&self, _id: &FileId) -> Result<(Vec<MetaEntry>, u64), EngineError> {
-        todo!()
+
+    /// The file's metadata and version.
+    pub async fn get_meta(&self, id: &FileId) -> Result<(Vec<MetaEntry>, u64), EngineError> {
+        self.check_id(id)?;
+        let idx = self.index.read();
+        idx.get(id)
+            .map(|e| (e.meta.clone(), e.version))
+            .ok_or_else(|| EngineError::NotFound(id.to_string()))
     }
-    pub async fn exists(&self, _id: &FileId) -> Result<bool, EngineError> {
-        todo!()
+
+    pub async fn exists(&self, id: &FileId) -> Result<bool, EngineError> {
+        self.check_id(id)?;
+        Ok(self.index.read().contains_key(id))
     }
+
     /// The data version of the last durable change.
     pub fn data_version(&self) -> u64 {
-        todo!()
+        self.binlog.durable_version()
     }
+
     pub fn usage(&self) -> Vec<StorePathUsage> {
-        todo!()
+        self.stores
+            .iter()
+            .map(|s| {
+                let (total, free) = space::fs_space(&s.root).unwrap_or((0, 0));
+                StorePathUsage {
+                    path: s.root.clone(),
+                    total_bytes: total,
+                    free_bytes: free,
+                    reserved_bytes: self.cfg.reserved_space,
+                }
+            })
+            .collect()
     }
+
+    /// Bytes on the chunk-file free lists (reusable without growing files).
+    pub fn chunk_free_bytes(&self) -> u64 {
+        self.stores.iter().map(|s| s.free.lock().free_bytes()).sum()
+    }
+
+    /// Number of files in the index.
+    pub fn file_count(&self) -> usize {
+        self.index.read().len()
+    }
+
+    /// Disk-thread counters (fsyncs, writes, batches).
+    pub fn counters(&self) -> EngineCounters {
+        EngineCounters {
+            fsyncs: self.stats.fsyncs.load(Ordering::Relaxed),
+            writes: self.stats.writes.load(Ordering::Relaxed),
+            batches: self.stats.batches.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether a failed disk write has poisoned the engine.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Durable binlog records with a data version above `after`, oldest
+    /// first, at most `max` (for replication and catch-up).
+    pub fn binlog_records_since(
+        &self,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<BinlogRecord>, EngineError> {
+        self.binlog
+            .records_since(after, max)
+            .map_err(|e| EngineError::io("reading the binlog", e))
+    }
+
+    /// Write an index checkpoint now (blocking file I/O).
+    pub fn checkpoint(&self) -> Result<(), EngineError> {
+        self.write_checkpoint()
+    }
+
     /// Flush, checkpoint the index, stop the disk threads.
     pub async fn shutdown(&self) -> Result<(), EngineError> {
-        todo!()
+        let _all = self.gate.write().await;
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Some(t) = self.ckpt_thread.lock().take() {
+            t.stop();
+        }
+        let res = if self.is_poisoned() {
+            Err(EngineError::Poisoned)
+        } else {
+            self.write_checkpoint()
+        };
+        for s in &self.stores {
+            s.disk.stop();
+        }
+        self.binlog.disk().stop();
+        res
+    }
+
+    fn check_id(&self, id: &FileId) -> Result<(), EngineError> {
+        if id.group() != self.cfg.group {
+            return Err(EngineError::WrongGroup {
+                id: id.to_string(),
+                group: id.group().to_string(),
+                ours: self.cfg.group.clone(),
+            });
+        }
+        if id.store_path() as usize >= self.stores.len() {
+            return Err(EngineError::InvalidFileId {
+                id: id.to_string(),
+                why: format!(
+                    "store path M{:02X} does not exist here ({} store paths)",
+                    id.store_path(),
+                    self.stores.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuse writes after poisoning or shutdown.
+    fn check_writable(&self) -> Result<(), EngineError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(EngineError::Closed);
+        }
+        if self.is_poisoned() {
+            return Err(EngineError::Poisoned);
+        }
+        Ok(())
+    }
+
+    fn poison(&self, why: &str) {
+        tracing::error!(why, "storage engine poisoned");
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    fn write_checkpoint(&self) -> Result<(), EngineError> {
+        let _one = self.ckpt_lock.lock();
+        if self.is_poisoned() {
+            return Err(EngineError::Poisoned);
+        }
+        let (safe, entries) = {
+            let idx = self.index.read();
+            let safe = self.binlog.safe_version();
+            let entries: Vec<(FileId, Entry)> = idx
+                .iter()
+                .map(|(k, v)| {
+                    let mut e = v.clone();
+                    e.extent = None;
+                    (k.clone(), e)
+                })
+                .collect();
+            (safe, entries)
+        };
+        if self.cfg.fsync != FsyncPolicy::Always {
+            // Under relaxed policies the checkpoint must not get ahead of
+            // the data it points to.
+            for s in &self.stores {
+                for f in s.chunks.read().iter().flatten() {
+                    f.sync_data()
+                        .map_err(|e| EngineError::io("syncing a chunk file", e))?;
+                }
+            }
+        }
+        checkpoint::write(&self.cfg.meta_dir, safe, &entries)
+            .map_err(|e| EngineError::io("writing the index checkpoint", e))?;
+        tracing::debug!(safe, files = entries.len(), "index checkpoint written");
+        Ok(())
     }
 }

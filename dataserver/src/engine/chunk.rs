@@ -1,0 +1,205 @@
+//! Chunk files (`<store>/chunks/chunk.<8 hex digits>`) holding small files
+//! as records, and the per-store-path state.
+//!
+//! Record = 128-byte header + `capacity` data bytes. Header (LE):
+//! ```text
+//! 0   magic "CHRC"        4
+//! 4   format = 1          u8
+//! 5   flags (bit0 appender) u8
+//! 6   file id length      u16   (<= 88)
+//! 8   file version        u64   (version the record was written with)
+//! 16  data length         u64   (length when the record was written)
+//! 24  capacity            u64
+//! 32  crc32 of the data   u32   (over `data length` bytes)
+//! 36  crc32 of the header u32   (bytes 0..36 and 40..128)
+//! 40  file id, zero padded to 128
+//! ```
+//! The index (binlog/checkpoint) is authoritative: in-place appends grow a
+//! record's committed length beyond the header's `data length`; the header
+//! serves offline inspection. Reads verify the index's crc32.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::disk::{self, DiskThread};
+use super::space::{Extent, FreeList};
+
+pub(crate) const HEADER_LEN: u64 = 128;
+const MAGIC: &[u8; 4] = b"CHRC";
+const MAX_ID: usize = 88;
+
+pub(crate) fn encode_header(
+    file_id: &str,
+    version: u64,
+    len: u64,
+    capacity: u64,
+    data_crc: u32,
+    appender: bool,
+) -> [u8; HEADER_LEN as usize] {
+    let mut h = [0u8; HEADER_LEN as usize];
+    let id = file_id.as_bytes();
+    let idn = id.len().min(MAX_ID);
+    h[0..4].copy_from_slice(MAGIC);
+    h[4] = 1;
+    h[5] = u8::from(appender);
+    h[6..8].copy_from_slice(&(idn as u16).to_le_bytes());
+    h[8..16].copy_from_slice(&version.to_le_bytes());
+    h[16..24].copy_from_slice(&len.to_le_bytes());
+    h[24..32].copy_from_slice(&capacity.to_le_bytes());
+    h[32..36].copy_from_slice(&data_crc.to_le_bytes());
+    h[40..40 + idn].copy_from_slice(&id[..idn]);
+    let mut c = crc32fast::Hasher::new();
+    c.update(&h[0..36]);
+    c.update(&h[40..]);
+    let crc = c.finalize();
+    h[36..40].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Decoded header fields (for inspection and tests).
+#[cfg(test)]
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub file_id: String,
+    pub version: u64,
+    pub len: u64,
+    pub capacity: u64,
+    pub data_crc: u32,
+    pub appender: bool,
+}
+
+#[cfg(test)]
+pub(crate) fn decode_header(h: &[u8]) -> Option<Header> {
+    if h.len() < HEADER_LEN as usize || &h[0..4] != MAGIC || h[4] != 1 {
+        return None;
+    }
+    let mut c = crc32fast::Hasher::new();
+    c.update(&h[0..36]);
+    c.update(&h[40..HEADER_LEN as usize]);
+    if c.finalize() != u32::from_le_bytes([h[36], h[37], h[38], h[39]]) {
+        return None;
+    }
+    let u64at = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[o..o + 8]);
+        u64::from_le_bytes(b)
+    };
+    let idn = u16::from_le_bytes([h[6], h[7]]) as usize;
+    if idn > MAX_ID {
+        return None;
+    }
+    Some(Header {
+        file_id: String::from_utf8(h[40..40 + idn].to_vec()).ok()?,
+        version: u64at(8),
+        len: u64at(16),
+        capacity: u64at(24),
+        data_crc: u32::from_le_bytes([h[32], h[33], h[34], h[35]]),
+        appender: h[5] & 1 == 1,
+    })
+}
+
+/// One store path: its directories, chunk files, free list and disk thread.
+pub(crate) struct Store {
+    pub index: u8,
+    pub root: PathBuf,
+    pub chunks_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub tmp_dir: PathBuf,
+    pub chunks: RwLock<Vec<Option<Arc<File>>>>,
+    pub free: Arc<Mutex<FreeList>>,
+    pub disk: DiskThread,
+}
+
+pub(crate) fn chunk_name(n: u32) -> String {
+    format!("chunk.{n:08X}")
+}
+
+pub(crate) fn parse_chunk_name(s: &str) -> Option<u32> {
+    let hex = s.strip_prefix("chunk.")?;
+    if hex.len() != 8
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    {
+        return None;
+    }
+    u32::from_str_radix(hex, 16).ok()
+}
+
+pub(crate) fn open_rw(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .open(path)
+}
+
+impl Store {
+    pub fn chunk(&self, n: u32) -> io::Result<Arc<File>> {
+        self.chunks
+            .read()
+            .get(n as usize)
+            .and_then(|c| c.clone())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("chunk {n} missing")))
+    }
+
+    /// Allocate `len` bytes of chunk space (creating a chunk file if needed).
+    pub fn alloc(&self, len: u64, committed: u64) -> io::Result<(Arc<Extent>, Arc<File>)> {
+        let (a, _) = self.free.lock().alloc(len);
+        let present = self
+            .chunks
+            .read()
+            .get(a.chunk as usize)
+            .is_some_and(|c| c.is_some());
+        if !present {
+            let mut chunks = self.chunks.write();
+            if chunks
+                .get(a.chunk as usize)
+                .and_then(|c| c.as_ref())
+                .is_none()
+            {
+                let path = self.chunks_dir.join(chunk_name(a.chunk));
+                let f = open_rw(&path, true)?;
+                disk::sync_dir(&self.chunks_dir)?;
+                if chunks.len() <= a.chunk as usize {
+                    chunks.resize(a.chunk as usize + 1, None);
+                }
+                chunks[a.chunk as usize] = Some(Arc::new(f));
+            }
+        }
+        let ext = Extent::new(a, committed, self.free.clone());
+        let file = self.chunk(a.chunk)?;
+        Ok((ext, file))
+    }
+
+    /// Path of a large file.
+    pub fn large_path(&self, id: &proto::FileId) -> PathBuf {
+        self.data_dir.join(id.relative_path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip_and_crc() {
+        let h = encode_header("g/M00/AB/CD/xyz.jpg", 7, 100, 120, 0x1234, true);
+        let d = decode_header(&h).unwrap();
+        assert_eq!(d.file_id, "g/M00/AB/CD/xyz.jpg");
+        assert_eq!(
+            (d.version, d.len, d.capacity, d.data_crc, d.appender),
+            (7, 100, 120, 0x1234, true)
+        );
+        let mut bad = h;
+        bad[17] ^= 1;
+        assert!(decode_header(&bad).is_none());
+        assert_eq!(parse_chunk_name(&chunk_name(0x1F)), Some(0x1F));
+        assert_eq!(parse_chunk_name("chunk.0000001f"), None);
+    }
+}

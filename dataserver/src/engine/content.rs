@@ -1,0 +1,252 @@
+//! Moving bytes: reading a request body exactly, buffering output into
+//! disk-thread writes, reading and verifying stored bytes.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use super::disk::DiskThread;
+use super::error::{EngineError, IoContext};
+use super::Body;
+
+/// Output is handed to the disk thread in pieces of this size.
+pub(crate) const FLUSH: usize = 1 << 20;
+/// Reads up to this size run inline on the calling task (page-cache reads
+/// of small records); larger ones go to the blocking pool.
+const INLINE_READ: usize = 128 << 10;
+
+/// A body that must yield exactly `left` more bytes.
+pub(crate) struct BodyIn<'a, B: Body> {
+    body: &'a mut B,
+    left: u64,
+    cur: Bytes,
+}
+
+impl<'a, B: Body> BodyIn<'a, B> {
+    pub fn new(body: &'a mut B, size: u64) -> Self {
+        BodyIn {
+            body,
+            left: size,
+            cur: Bytes::new(),
+        }
+    }
+
+    /// Copy the next `n` body bytes into `sink`.
+    pub async fn take(&mut self, mut n: u64, sink: &mut Sink<'_>) -> Result<(), EngineError> {
+        while n > 0 {
+            if self.cur.is_empty() {
+                match self.body.next_chunk().await? {
+                    Some(c) => {
+                        if c.len() as u64 > self.left {
+                            return Err(EngineError::BadBody(
+                                "body longer than declared".to_string(),
+                            ));
+                        }
+                        self.left -= c.len() as u64;
+                        self.cur = c;
+                    }
+                    None => {
+                        return Err(EngineError::BadBody(
+                            "body shorter than declared".to_string(),
+                        ))
+                    }
+                }
+                continue;
+            }
+            let k = (self.cur.len() as u64).min(n) as usize;
+            let part = self.cur.split_to(k);
+            sink.push(&part).await?;
+            n -= k as u64;
+        }
+        Ok(())
+    }
+
+    /// The body must end now.
+    pub async fn finish(&mut self) -> Result<(), EngineError> {
+        if !self.cur.is_empty() || self.left > 0 {
+            return Err(EngineError::BadBody(
+                "body longer than the operation consumed".to_string(),
+            ));
+        }
+        loop {
+            match self.body.next_chunk().await? {
+                None => return Ok(()),
+                Some(c) if c.is_empty() => continue,
+                Some(_) => {
+                    return Err(EngineError::BadBody(
+                        "body longer than declared".to_string(),
+                    ))
+                }
+            }
+        }
+    }
+}
+
+/// Buffers content written at `base + pos` of a file, computing its crc32.
+pub(crate) struct Sink<'a> {
+    disk: &'a DiskThread,
+    file: Arc<File>,
+    base: u64,
+    flushed: u64,
+    buf: BytesMut,
+    hasher: crc32fast::Hasher,
+}
+
+impl<'a> Sink<'a> {
+    pub fn new(disk: &'a DiskThread, file: Arc<File>, base: u64) -> Self {
+        Sink {
+            disk,
+            file,
+            base,
+            flushed: 0,
+            buf: BytesMut::new(),
+            hasher: crc32fast::Hasher::new(),
+        }
+    }
+
+    pub async fn push(&mut self, data: &[u8]) -> Result<(), EngineError> {
+        self.hasher.update(data);
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= FLUSH {
+            let b = self.buf.split().freeze();
+            let off = self.base + self.flushed;
+            self.flushed += b.len() as u64;
+            self.disk
+                .write(&self.file, vec![(off, b)], false)
+                .await
+                .ctx(|| "writing data".to_string())?;
+        }
+        Ok(())
+    }
+
+    pub async fn zeros(&mut self, mut n: u64) -> Result<(), EngineError> {
+        let z = vec![0u8; (n as usize).min(FLUSH)];
+        while n > 0 {
+            let k = (n as usize).min(z.len());
+            self.push(&z[..k]).await?;
+            n -= k as u64;
+        }
+        Ok(())
+    }
+
+    /// Copy `len` bytes of `src` starting at `off`.
+    pub async fn copy_from(
+        &mut self,
+        src: &Arc<File>,
+        off: u64,
+        len: u64,
+    ) -> Result<(), EngineError> {
+        let mut done = 0u64;
+        while done < len {
+            let k = (len - done).min(FLUSH as u64) as usize;
+            let b = read_at(src, off + done, k).await?;
+            self.push(&b).await?;
+            done += k as u64;
+        }
+        Ok(())
+    }
+
+    /// crc32 and length of everything pushed, and the not yet written
+    /// tail as a write piece (to go out with the final, synced write).
+    pub fn finish(self) -> (u32, u64, Vec<(u64, Bytes)>) {
+        let len = self.flushed + self.buf.len() as u64;
+        let mut tail = Vec::new();
+        if !self.buf.is_empty() {
+            tail.push((self.base + self.flushed, self.buf.freeze()));
+        }
+        (self.hasher.finalize(), len, tail)
+    }
+}
+
+fn pread(file: &File, off: u64, len: usize) -> std::io::Result<Bytes> {
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, off)?;
+    Ok(Bytes::from(buf))
+}
+
+/// Read exactly `len` bytes at `off`.
+pub(crate) async fn read_at(file: &Arc<File>, off: u64, len: usize) -> Result<Bytes, EngineError> {
+    if len <= INLINE_READ {
+        return pread(file, off, len).ctx(|| format!("reading {len} bytes at {off}"));
+    }
+    let f = file.clone();
+    blocking(move || pread(&f, off, len))
+        .await?
+        .ctx(|| format!("reading {len} bytes at {off}"))
+}
+
+/// crc32 hasher state of `len` bytes at `off` (length-aware, for combine).
+pub(crate) async fn crc_range(
+    file: &Arc<File>,
+    off: u64,
+    len: u64,
+) -> Result<crc32fast::Hasher, EngineError> {
+    let f = file.clone();
+    blocking(move || {
+        let mut h = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; FLUSH.min(len as usize)];
+        let mut done = 0u64;
+        while done < len {
+            let k = (len - done).min(buf.len() as u64) as usize;
+            f.read_exact_at(&mut buf[..k], off + done)?;
+            h.update(&buf[..k]);
+            done += k as u64;
+        }
+        Ok::<_, std::io::Error>(h)
+    })
+    .await?
+    .ctx(|| format!("reading {len} bytes at {off} for a checksum"))
+}
+
+/// A hasher for `len` bytes whose crc is `crc` (for `combine`).
+pub(crate) fn hasher_of(crc: u32, len: u64) -> crc32fast::Hasher {
+    crc32fast::Hasher::new_with_initial_len(crc, len)
+}
+
+/// crc32 of the concatenation of two pieces.
+pub(crate) fn crc_concat(a: u32, a_len: u64, b: u32, b_len: u64) -> u32 {
+    let mut h = hasher_of(a, a_len);
+    h.combine(&hasher_of(b, b_len));
+    h.finalize()
+}
+
+/// crc32 state of `n` zero bytes.
+pub(crate) fn crc_zeros(n: u64) -> crc32fast::Hasher {
+    let mut h = crc32fast::Hasher::new();
+    let z = vec![0u8; (n as usize).min(FLUSH)];
+    let mut left = n;
+    while left > 0 {
+        let k = (left as usize).min(z.len());
+        h.update(&z[..k]);
+        left -= k as u64;
+    }
+    h
+}
+
+/// Check that `size` bytes at `off` have crc32 `crc`.
+pub(crate) async fn verify(
+    file: &Arc<File>,
+    off: u64,
+    size: u64,
+    crc: u32,
+    what: &str,
+) -> Result<(), EngineError> {
+    let got = crc_range(file, off, size).await?.finalize();
+    if got != crc {
+        return Err(EngineError::Corrupt(format!(
+            "{what}: stored crc32 {crc:08x}, data has {got:08x}"
+        )));
+    }
+    Ok(())
+}
+
+/// Run blocking file-system work on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EngineError::Internal(format!("blocking task failed: {e}")))
+}

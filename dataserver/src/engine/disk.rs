@@ -1,0 +1,590 @@
+//! Disk threads: one thread per device owns its `IoUring` (never shared) and
+//! serves write/sync requests sent over a crossbeam channel. The thread takes
+//! one request, drains whatever else is waiting, submits every write, then one
+//! fdatasync per touched file (group commit), then completes every waiter.
+//!
+//! Buffers are `Bytes` owned by the request until its completion arrives, so
+//! a dropped future never frees memory the kernel is still writing.
+//! Without io_uring (probe failed or disabled) the thread uses pwrite +
+//! fdatasync with the same batching.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use io_uring::{opcode, types, IoUring};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tracing::{error, warn};
+
+use super::FsyncPolicy;
+
+/// Most requests in flight per disk thread (tokio side waits for a permit).
+const MAX_IN_FLIGHT: usize = 4096;
+/// Most requests handled in one batch.
+const MAX_BATCH: usize = 256;
+/// Submission queue size.
+const RING_ENTRIES: u32 = 256;
+/// Pieces at least this big are written with pwrite even with a ring.
+const DIRECT_WRITE: usize = 128 << 10;
+/// Largest single write submitted to the ring.
+const MAX_SQE_LEN: usize = 1 << 30;
+
+/// Counters shared by all disk threads of an engine.
+#[derive(Debug, Default)]
+pub(crate) struct DiskStats {
+    pub fsyncs: AtomicU64,
+    pub writes: AtomicU64,
+    pub batches: AtomicU64,
+}
+
+struct WriteReq {
+    file: Arc<File>,
+    pieces: Vec<(u64, Bytes)>,
+    sync: bool,
+    done: oneshot::Sender<io::Result<()>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+enum Req {
+    Write(WriteReq),
+    Stop,
+}
+
+/// Handle to one disk thread.
+pub(crate) struct DiskThread {
+    tx: Sender<Req>,
+    sem: Arc<Semaphore>,
+    policy: FsyncPolicy,
+    join: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Whether io_uring works here (ring creation and one no-op round trip).
+pub(crate) fn probe_io_uring() -> bool {
+    let Ok(mut ring) = IoUring::new(8) else {
+        return false;
+    };
+    let nop = opcode::Nop::new().build().user_data(7);
+    // SAFETY: the entry references no memory.
+    if unsafe { ring.submission().push(&nop) }.is_err() {
+        return false;
+    }
+    if ring.submit_and_wait(1).is_err() {
+        return false;
+    }
+    let ok = ring
+        .completion()
+        .next()
+        .is_some_and(|c| c.user_data() == 7 && c.result() >= 0);
+    ok
+}
+
+impl DiskThread {
+    pub fn spawn(
+        name: &str,
+        use_uring: bool,
+        policy: FsyncPolicy,
+        interval: Duration,
+        stats: Arc<DiskStats>,
+        poisoned: Arc<AtomicBool>,
+    ) -> io::Result<DiskThread> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let ring = if use_uring {
+            match IoUring::new(RING_ENTRIES) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    warn!(error = %e, "io_uring unavailable for {name}; using pwrite");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut worker = Worker {
+            ring,
+            policy,
+            interval,
+            stats,
+            poisoned,
+            dirty: HashMap::new(),
+            last_sync: Instant::now(),
+        };
+        let join = std::thread::Builder::new()
+            .name(format!("disk-{name}"))
+            .spawn(move || worker.run(rx))?;
+        Ok(DiskThread {
+            tx,
+            sem: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            policy,
+            join: parking_lot::Mutex::new(Some(join)),
+        })
+    }
+
+    /// Take a slot for one request; await before taking locks that order
+    /// requests, then [`DiskThread::send`] without awaiting.
+    pub async fn permit(&self) -> io::Result<OwnedSemaphorePermit> {
+        self.sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| io::Error::other("disk thread stopped"))
+    }
+
+    /// Queue a write (never blocks); `sync` asks for durability under the
+    /// `always` policy (ignored under `batch`/`never`, see [`Self::sync`]).
+    pub fn send(
+        &self,
+        permit: OwnedSemaphorePermit,
+        file: Arc<File>,
+        pieces: Vec<(u64, Bytes)>,
+        sync: bool,
+    ) -> oneshot::Receiver<io::Result<()>> {
+        let (done, rx) = oneshot::channel();
+        let req = WriteReq {
+            file,
+            pieces,
+            sync: sync && self.policy == FsyncPolicy::Always,
+            done,
+            _permit: permit,
+        };
+        if let Err(e) = self.tx.send(Req::Write(req)) {
+            if let Req::Write(w) = e.into_inner() {
+                let _ = w.done.send(Err(io::Error::other("disk thread stopped")));
+            }
+        }
+        rx
+    }
+
+    /// Write `pieces` and (policy permitting) make them durable.
+    pub async fn write(
+        &self,
+        file: &Arc<File>,
+        pieces: Vec<(u64, Bytes)>,
+        sync: bool,
+    ) -> io::Result<()> {
+        let permit = self.permit().await?;
+        let rx = self.send(permit, file.clone(), pieces, sync);
+        wait(rx).await
+    }
+
+    /// Stop the thread after it finished what is queued.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Req::Stop);
+        if let Some(j) = self.join.lock().take() {
+            if j.join().is_err() {
+                error!("disk thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for DiskThread {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Req::Stop);
+    }
+}
+
+pub(crate) async fn wait(rx: oneshot::Receiver<io::Result<()>>) -> io::Result<()> {
+    match rx.await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::other("disk thread dropped the request")),
+    }
+}
+
+struct Worker {
+    ring: Option<IoUring>,
+    policy: FsyncPolicy,
+    interval: Duration,
+    stats: Arc<DiskStats>,
+    poisoned: Arc<AtomicBool>,
+    /// Files written but not synced yet (`batch` policy).
+    dirty: HashMap<i32, Arc<File>>,
+    last_sync: Instant,
+}
+
+/// One write still to be done: request index, file, offset, the remaining
+/// part of a buffer owned by the request.
+struct Piece {
+    req: usize,
+    fd: i32,
+    offset: u64,
+    buf: Bytes,
+}
+
+impl Worker {
+    fn run(&mut self, rx: Receiver<Req>) {
+        loop {
+            let first = if self.policy == FsyncPolicy::Batch {
+                let left = self.interval.saturating_sub(self.last_sync.elapsed());
+                match rx.recv_timeout(left) {
+                    Ok(r) => Some(r),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match rx.recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => break,
+                }
+            };
+            let mut batch = Vec::new();
+            let mut stop = false;
+            match first {
+                Some(Req::Write(w)) => batch.push(w),
+                Some(Req::Stop) => stop = true,
+                None => {}
+            }
+            while !stop && batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Req::Write(w)) => batch.push(w),
+                    Ok(Req::Stop) => stop = true,
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.process(batch);
+            }
+            if self.policy == FsyncPolicy::Batch && self.last_sync.elapsed() >= self.interval {
+                self.flush_dirty();
+            }
+            if stop {
+                break;
+            }
+        }
+        self.flush_dirty();
+    }
+
+    fn flush_dirty(&mut self) {
+        self.last_sync = Instant::now();
+        if self.dirty.is_empty() {
+            return;
+        }
+        let files: Vec<Arc<File>> = self.dirty.drain().map(|(_, f)| f).collect();
+        let res = self.sync_files(&files);
+        for (f, r) in files.iter().zip(res) {
+            if let Err(e) = r {
+                self.poison(f, &e);
+            }
+        }
+    }
+
+    fn poison(&self, f: &File, e: &io::Error) {
+        error!(fd = f.as_raw_fd(), error = %e, "fdatasync failed; engine poisoned");
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    fn process(&mut self, batch: Vec<WriteReq>) {
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        let mut results: Vec<io::Result<()>> = (0..batch.len()).map(|_| Ok(())).collect();
+        let mut pieces = Vec::new();
+        for (i, w) in batch.iter().enumerate() {
+            for (off, buf) in &w.pieces {
+                if !buf.is_empty() {
+                    pieces.push(Piece {
+                        req: i,
+                        fd: w.file.as_raw_fd(),
+                        offset: *off,
+                        buf: buf.clone(),
+                    });
+                }
+            }
+        }
+        self.stats
+            .writes
+            .fetch_add(pieces.len() as u64, Ordering::Relaxed);
+        if self.ring.is_some() {
+            // Big buffered writes are memcpy-bound and the ring would hand
+            // them to io-wq workers (measured 2-3x slower here for 1 MiB):
+            // write those directly, submit the small ones through the ring.
+            let (big, small): (Vec<Piece>, Vec<Piece>) = pieces
+                .into_iter()
+                .partition(|p| p.buf.len() >= DIRECT_WRITE);
+            for p in big {
+                if let Err(e) = batch[p.req].file.write_all_at(&p.buf, p.offset) {
+                    results[p.req] = Err(e);
+                }
+            }
+            self.write_ring(small, &batch, &mut results);
+        } else {
+            for p in pieces {
+                if let Err(e) = batch[p.req].file.write_all_at(&p.buf, p.offset) {
+                    results[p.req] = Err(e);
+                }
+            }
+        }
+        // One fdatasync per touched file among requests that asked for it.
+        let mut to_sync: Vec<Arc<File>> = Vec::new();
+        let mut seen: HashMap<i32, usize> = HashMap::new();
+        for (i, w) in batch.iter().enumerate() {
+            let fd = w.file.as_raw_fd();
+            if w.sync {
+                if results[i].is_ok() && !seen.contains_key(&fd) {
+                    seen.insert(fd, to_sync.len());
+                    to_sync.push(w.file.clone());
+                }
+            } else if self.policy == FsyncPolicy::Batch && !w.pieces.is_empty() {
+                self.dirty.insert(fd, w.file.clone());
+            }
+        }
+        if !to_sync.is_empty() {
+            let res = self.sync_files(&to_sync);
+            for (i, w) in batch.iter().enumerate() {
+                if !w.sync || results[i].is_err() {
+                    continue;
+                }
+                let fd = w.file.as_raw_fd();
+                if let Some(&k) = seen.get(&fd) {
+                    if let Err(e) = &res[k] {
+                        results[i] = Err(io::Error::new(e.kind(), format!("fdatasync: {e}")));
+                    }
+                }
+            }
+            for (f, r) in to_sync.iter().zip(&res) {
+                if let Err(e) = r {
+                    self.poison(f, e);
+                }
+            }
+        }
+        for (w, r) in batch.into_iter().zip(results) {
+            let _ = w.done.send(r);
+        }
+    }
+
+    fn sync_files(&mut self, files: &[Arc<File>]) -> Vec<io::Result<()>> {
+        self.stats
+            .fsyncs
+            .fetch_add(files.len() as u64, Ordering::Relaxed);
+        let Some(ring) = self.ring.as_mut() else {
+            return files.iter().map(|f| f.sync_data()).collect();
+        };
+        let mut out: Vec<io::Result<()>> = (0..files.len()).map(|_| Ok(())).collect();
+        for (base, group) in files.chunks(RING_ENTRIES as usize).enumerate() {
+            let base = base * RING_ENTRIES as usize;
+            let mut pushed = 0;
+            for (j, f) in group.iter().enumerate() {
+                let e = opcode::Fsync::new(types::Fd(f.as_raw_fd()))
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build()
+                    .user_data((base + j) as u64);
+                // SAFETY: the fd stays open (we hold the Arc) until completion.
+                if unsafe { ring.submission().push(&e) }.is_err() {
+                    out[base + j] = f.sync_data();
+                } else {
+                    pushed += 1;
+                }
+            }
+            if let Err(e) = submit_wait(ring, pushed) {
+                // Nothing reliable is known about the ring now: sync by hand.
+                warn!(error = %e, "io_uring submit failed; syncing with fdatasync");
+                drain(ring);
+                for (j, f) in group.iter().enumerate() {
+                    out[base + j] = f.sync_data();
+                }
+                continue;
+            }
+            let mut got = 0;
+            while got < pushed {
+                let cqes: Vec<(u64, i32)> = ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result()))
+                    .collect();
+                if cqes.is_empty() {
+                    if let Err(e) = submit_wait(ring, pushed - got) {
+                        warn!(error = %e, "io_uring wait failed");
+                        break;
+                    }
+                    continue;
+                }
+                for (ud, res) in cqes {
+                    got += 1;
+                    if res < 0 {
+                        if let Some(slot) = out.get_mut(ud as usize) {
+                            *slot = Err(io::Error::from_raw_os_error(-res));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn write_ring(
+        &mut self,
+        pieces: Vec<Piece>,
+        batch: &[WriteReq],
+        results: &mut [io::Result<()>],
+    ) {
+        let Some(ring) = self.ring.as_mut() else {
+            return;
+        };
+        let mut queue: std::collections::VecDeque<Piece> = pieces.into();
+        while !queue.is_empty() {
+            let mut inflight: Vec<Piece> = Vec::new();
+            while inflight.len() < RING_ENTRIES as usize {
+                let Some(mut p) = queue.pop_front() else {
+                    break;
+                };
+                if p.buf.len() > MAX_SQE_LEN {
+                    let rest = p.buf.split_off(MAX_SQE_LEN);
+                    queue.push_front(Piece {
+                        req: p.req,
+                        fd: p.fd,
+                        offset: p.offset + MAX_SQE_LEN as u64,
+                        buf: rest,
+                    });
+                }
+                let e = opcode::Write::new(types::Fd(p.fd), p.buf.as_ptr(), p.buf.len() as u32)
+                    .offset(p.offset)
+                    .build()
+                    .user_data(inflight.len() as u64);
+                // SAFETY: `p.buf` (kept in `inflight`) and the file (held by
+                // the request in `batch`) outlive the completion we wait for.
+                if unsafe { ring.submission().push(&e) }.is_err() {
+                    queue.push_front(p);
+                    break;
+                }
+                inflight.push(p);
+            }
+            if inflight.is_empty() {
+                break;
+            }
+            if let Err(e) = submit_wait(ring, inflight.len()) {
+                warn!(error = %e, "io_uring submit failed; writing with pwrite");
+                drain(ring);
+                for p in inflight.into_iter().chain(queue.drain(..)) {
+                    if let Err(e) = batch[p.req].file.write_all_at(&p.buf, p.offset) {
+                        results[p.req] = Err(e);
+                    }
+                }
+                return;
+            }
+            let mut got = 0;
+            let mut done = vec![false; inflight.len()];
+            while got < inflight.len() {
+                let cqes: Vec<(u64, i32)> = ring
+                    .completion()
+                    .map(|c| (c.user_data(), c.result()))
+                    .collect();
+                if cqes.is_empty() {
+                    if submit_wait(ring, inflight.len() - got).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                for (ud, res) in cqes {
+                    let k = ud as usize;
+                    let Some(p) = inflight.get(k) else {
+                        continue;
+                    };
+                    got += 1;
+                    done[k] = true;
+                    if res < 0 {
+                        results[p.req] = Err(io::Error::from_raw_os_error(-res));
+                    } else if res == 0 {
+                        results[p.req] =
+                            Err(io::Error::new(io::ErrorKind::WriteZero, "short write"));
+                    } else if (res as usize) < p.buf.len() {
+                        queue.push_back(Piece {
+                            req: p.req,
+                            fd: p.fd,
+                            offset: p.offset + res as u64,
+                            buf: p.buf.slice(res as usize..),
+                        });
+                    }
+                }
+            }
+            // Any write whose completion we could not collect: do it by hand
+            // (idempotent: same bytes, same offset).
+            for (k, p) in inflight.iter().enumerate() {
+                if !done[k] {
+                    drain(ring);
+                    if let Err(e) = batch[p.req].file.write_all_at(&p.buf, p.offset) {
+                        results[p.req] = Err(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn submit_wait(ring: &mut IoUring, want: usize) -> io::Result<()> {
+    loop {
+        match ring.submit_and_wait(want) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn drain(ring: &mut IoUring) {
+    for _ in ring.completion() {}
+}
+
+/// fsync a directory (after creating, renaming or removing entries in it).
+pub(crate) fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn roundtrip(uring: bool) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = Arc::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap(),
+        );
+        let stats = Arc::new(DiskStats::default());
+        let t = DiskThread::spawn(
+            "t",
+            uring && probe_io_uring(),
+            FsyncPolicy::Always,
+            Duration::from_millis(10),
+            stats.clone(),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .unwrap();
+        let t = Arc::new(t);
+        let mut tasks = Vec::new();
+        for i in 0..64u64 {
+            let t = t.clone();
+            let f = f.clone();
+            tasks.push(tokio::spawn(async move {
+                let data = Bytes::from(vec![i as u8; 100]);
+                t.write(&f, vec![(i * 100, data)], true).await.unwrap();
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(got.len(), 6400);
+        for i in 0..64usize {
+            assert!(got[i * 100..(i + 1) * 100].iter().all(|&b| b == i as u8));
+        }
+        let fsyncs = stats.fsyncs.load(Ordering::Relaxed);
+        assert!((1..=64).contains(&fsyncs), "fsyncs {fsyncs}");
+        t.stop();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn writes_land_with_uring_or_fallback() {
+        roundtrip(true).await;
+        roundtrip(false).await;
+    }
+}
