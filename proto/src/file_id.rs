@@ -35,7 +35,9 @@ pub enum FileIdError {
     Shape,
     #[error("invalid group name {0:?}: 1-{MAX_GROUP_LEN} of [A-Za-z0-9_-]")]
     Group(String),
-    #[error("invalid store path component {0:?}: expected M followed by two upper-case hex digits")]
+    #[error(
+        "invalid store path component {0:?}: expected M followed by two upper-case hex digits"
+    )]
     StorePath(String),
     #[error("invalid directory component {0:?}")]
     Dir(String),
@@ -84,7 +86,11 @@ pub fn validate_ext(ext: &str) -> Result<(), FileIdError> {
 
 fn parse_hex2(s: &str) -> Option<u8> {
     let b = s.as_bytes();
-    if b.len() != 2 || !b.iter().all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c)) {
+    if b.len() != 2
+        || !b
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'A'..=b'F').contains(c))
+    {
         return None;
     }
     u8::from_str_radix(s, 16).ok()
@@ -292,8 +298,17 @@ mod tests {
     use super::*;
 
     fn sample() -> FileId {
-        FileId::new("group1", 3, 17, 1_700_000_000, 4096, 0xdeadbeef, 0x0123_4567_89ab_cdef, "jpg")
-            .unwrap()
+        FileId::new(
+            "group1",
+            3,
+            17,
+            1_700_000_000,
+            4096,
+            0xdeadbeef,
+            0x0123_4567_89ab_cdef,
+            "jpg",
+        )
+        .unwrap()
     }
 
     #[test]
@@ -306,7 +321,10 @@ mod tests {
         assert_eq!(back, id);
         assert_eq!(back.source_server(), 17);
         assert_eq!(back.size_at_create(), 4096);
-        assert_eq!(back.relative_path(), PathBuf::from(format!("CD/EF/{}.jpg", id.name())));
+        assert_eq!(
+            back.relative_path(),
+            PathBuf::from(format!("CD/EF/{}.jpg", id.name()))
+        );
     }
 
     #[test]
