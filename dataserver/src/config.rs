@@ -195,7 +195,9 @@ impl Config {
             return Err(ConfigError::Invalid("storage.lanes must be > 0".into()));
         }
         if self.limits.max_connections == 0 {
-            return Err(ConfigError::Invalid("limits.max_connections must be > 0".into()));
+            return Err(ConfigError::Invalid(
+                "limits.max_connections must be > 0".into(),
+            ));
         }
         if self.limits.max_frame < 4096 || self.limits.max_frame > u32::MAX as u64 {
             return Err(ConfigError::Invalid(

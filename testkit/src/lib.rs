@@ -146,7 +146,10 @@ impl Dataserver {
             }
         }
         cmd.args(&self.opts.extra_args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file);
@@ -251,7 +254,14 @@ impl Drop for Dataserver {
 }
 
 /// Whether a dataserver answers a ping at `addr` (blocking, short timeouts).
+/// Safe to call from inside an async test: it runs on its own thread.
 pub fn ping(addr: SocketAddr) -> bool {
+    std::thread::spawn(move || ping_on_this_thread(addr))
+        .join()
+        .unwrap_or(false)
+}
+
+fn ping_on_this_thread(addr: SocketAddr) -> bool {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -278,7 +288,10 @@ pub fn ping(addr: SocketAddr) -> bool {
             }
             matches!(
                 r.read::<proto::Message>().await,
-                Ok(Some((proto::Message::Response(proto::ResponseEnvelope { result: Ok(_), .. }), _)))
+                Ok(Some((
+                    proto::Message::Response(proto::ResponseEnvelope { result: Ok(_), .. }),
+                    _
+                )))
             )
         })
         .await

@@ -46,6 +46,12 @@ impl FreeList {
         self.by_pos.values().sum()
     }
 
+    /// Whether an allocation of `len` bytes can be served from freed space
+    /// (and so needs no room on the file system).
+    pub fn fits(&self, len: u64) -> bool {
+        self.by_size.range((len, 0, 0)..).next().is_some()
+    }
+
     /// Best fit from the free list, else the end of the active chunk, else
     /// a new chunk (`new_chunk` tells the caller to create its file).
     /// `len` must not exceed the chunk size.

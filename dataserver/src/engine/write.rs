@@ -175,6 +175,19 @@ impl Engine {
         self.cfg.fsync != FsyncPolicy::Never
     }
 
+    /// Like [`check_space`](Self::check_space) for a new small-file record
+    /// of `size` bytes: freed chunk space is reused without growing the file
+    /// system, so a record that fits there is accepted even at the reserve.
+    fn check_chunk_space(&self, store: &Store, size: u64) -> Result<(), EngineError> {
+        if size <= self.cfg.large_file_threshold {
+            let cap = self.capacity_for(size, false) + HEADER_LEN;
+            if store.free.lock().fits(cap) {
+                return Ok(());
+            }
+        }
+        self.check_space(store, size)
+    }
+
     fn check_space(&self, store: &Store, need: u64) -> Result<(), EngineError> {
         let (_, avail) =
             fs_space(&store.root).ctx(|| format!("statvfs {}", store.root.display()))?;
@@ -198,7 +211,7 @@ impl Engine {
             }
         }
         let (s, _) = best.ok_or_else(|| EngineError::Internal("no store paths".into()))?;
-        self.check_space(s, size)?;
+        self.check_chunk_space(s, size)?;
         Ok(s)
     }
 
@@ -616,7 +629,7 @@ impl Engine {
                     && new_size <= self.cfg.large_file_threshold
                     && e.size >= ext.high_water.load(Ordering::Acquire);
                 if !in_place {
-                    self.check_space(store, new_size)?;
+                    self.check_chunk_space(store, new_size)?;
                     let segs = [
                         Seg::Old {
                             from: 0,
@@ -695,7 +708,7 @@ impl Engine {
         let mut bin = BodyIn::new(body, size);
         match e.loc {
             Loc::Small { .. } => {
-                self.check_space(store, new_size)?;
+                self.check_chunk_space(store, new_size)?;
                 let mut segs = vec![
                     Seg::Old {
                         from: 0,

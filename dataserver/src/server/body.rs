@@ -21,7 +21,12 @@ pub struct NetBody<'a, R> {
 }
 
 impl<'a, R: AsyncRead + Unpin + Send> NetBody<'a, R> {
-    pub fn new(reader: &'a mut FrameReader<R>, id: u64, size: u64, frame_timeout: Duration) -> Self {
+    pub fn new(
+        reader: &'a mut FrameReader<R>,
+        id: u64,
+        size: u64,
+        frame_timeout: Duration,
+    ) -> Self {
         NetBody {
             reader,
             id,
@@ -49,12 +54,15 @@ impl<'a, R: AsyncRead + Unpin + Send> NetBody<'a, R> {
         if let Some(b) = &self.broken {
             return Err(EngineError::BadBody(b.clone()));
         }
-        let frame = match tokio::time::timeout(self.frame_timeout, self.reader.read::<Message>()).await {
-            Err(_) => return Err(self.fail("timed out waiting for body data".into())),
-            Ok(Err(e)) => return Err(self.fail(format!("reading body: {e}"))),
-            Ok(Ok(None)) => return Err(self.fail("connection closed in the middle of a body".into())),
-            Ok(Ok(Some(f))) => f,
-        };
+        let frame =
+            match tokio::time::timeout(self.frame_timeout, self.reader.read::<Message>()).await {
+                Err(_) => return Err(self.fail("timed out waiting for body data".into())),
+                Ok(Err(e)) => return Err(self.fail(format!("reading body: {e}"))),
+                Ok(Ok(None)) => {
+                    return Err(self.fail("connection closed in the middle of a body".into()))
+                }
+                Ok(Ok(Some(f))) => f,
+            };
         let (msg, payload) = frame;
         let chunk = match msg {
             Message::Data(c) => c,
@@ -81,7 +89,10 @@ impl<'a, R: AsyncRead + Unpin + Send> NetBody<'a, R> {
         self.remaining -= len;
         if chunk.last != (self.remaining == 0) {
             return Err(self.fail(if chunk.last {
-                format!("body ended {} bytes short of its declared size", self.remaining)
+                format!(
+                    "body ended {} bytes short of its declared size",
+                    self.remaining
+                )
             } else {
                 "body continues past its declared size".to_string()
             }));

@@ -43,7 +43,8 @@ fn engine_err(e: EngineError) -> WireError {
 }
 
 fn parse_id(ctx: &ConnContext, s: &str) -> Result<FileId, WireError> {
-    let id = FileId::parse(s).map_err(|e| WireError::new(ErrorCode::InvalidFileId, e.to_string()))?;
+    let id =
+        FileId::parse(s).map_err(|e| WireError::new(ErrorCode::InvalidFileId, e.to_string()))?;
     if id.group() != ctx.group {
         return Err(WireError::new(
             ErrorCode::WrongGroup,
@@ -111,8 +112,12 @@ where
                     message_kind(&other)
                 );
                 warn!(%peer, "{why}; closing connection");
-                let _ = send_response(&mut writer, 0, Err(WireError::new(ErrorCode::Protocol, why)))
-                    .await;
+                let _ = send_response(
+                    &mut writer,
+                    0,
+                    Err(WireError::new(ErrorCode::Protocol, why)),
+                )
+                .await;
                 return;
             }
         };
@@ -403,7 +408,10 @@ async fn download<W: AsyncWrite + Unpin + Send>(
         };
         sent += bytes.len() as u64;
         if sent > total {
-            warn!(sent, total, "engine returned more than asked; closing connection");
+            warn!(
+                sent,
+                total, "engine returned more than asked; closing connection"
+            );
             return Err(DownloadEnd::Broken);
         }
         let msg = Message::Data(DataChunk {

@@ -28,7 +28,9 @@ pub async fn serve_metrics(
         };
         let (m, e) = (metrics.clone(), engine.clone());
         tokio::spawn(async move {
-            if let Err(err) = tokio::time::timeout(Duration::from_secs(5), answer(stream, &m, &e)).await {
+            if let Err(err) =
+                tokio::time::timeout(Duration::from_secs(5), answer(stream, &m, &e)).await
+            {
                 debug!(error = %err, "metrics request timed out");
             }
         });

@@ -76,8 +76,16 @@ impl Metrics {
         out.push_str("# TYPE chorus_requests_total counter\n");
         let ops = self.ops.lock();
         for (op, s) in ops.iter() {
-            let _ = writeln!(out, "chorus_requests_total{{op=\"{op}\",result=\"ok\"}} {}", s.ok);
-            let _ = writeln!(out, "chorus_requests_total{{op=\"{op}\",result=\"error\"}} {}", s.err);
+            let _ = writeln!(
+                out,
+                "chorus_requests_total{{op=\"{op}\",result=\"ok\"}} {}",
+                s.ok
+            );
+            let _ = writeln!(
+                out,
+                "chorus_requests_total{{op=\"{op}\",result=\"error\"}} {}",
+                s.err
+            );
         }
         out.push_str("# HELP chorus_request_seconds Request latency, by operation.\n");
         out.push_str("# TYPE chorus_request_seconds histogram\n");
@@ -90,16 +98,39 @@ impl Metrics {
                 );
             }
             let n = s.ok + s.err;
-            let _ = writeln!(out, "chorus_request_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {n}");
-            let _ = writeln!(out, "chorus_request_seconds_sum{{op=\"{op}\"}} {}", s.sum_secs);
+            let _ = writeln!(
+                out,
+                "chorus_request_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {n}"
+            );
+            let _ = writeln!(
+                out,
+                "chorus_request_seconds_sum{{op=\"{op}\"}} {}",
+                s.sum_secs
+            );
             let _ = writeln!(out, "chorus_request_seconds_count{{op=\"{op}\"}} {n}");
         }
         drop(ops);
         let counters = [
-            ("chorus_bytes_received_total", "File bytes received.", &self.bytes_in),
-            ("chorus_bytes_sent_total", "File bytes sent.", &self.bytes_out),
-            ("chorus_protocol_errors_total", "Malformed frames or bodies.", &self.protocol_errors),
-            ("chorus_connections_total", "Connections accepted.", &self.connections),
+            (
+                "chorus_bytes_received_total",
+                "File bytes received.",
+                &self.bytes_in,
+            ),
+            (
+                "chorus_bytes_sent_total",
+                "File bytes sent.",
+                &self.bytes_out,
+            ),
+            (
+                "chorus_protocol_errors_total",
+                "Malformed frames or bodies.",
+                &self.protocol_errors,
+            ),
+            (
+                "chorus_connections_total",
+                "Connections accepted.",
+                &self.connections,
+            ),
             (
                 "chorus_connections_refused_total",
                 "Connections refused over the limit.",

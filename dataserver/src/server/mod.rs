@@ -97,7 +97,9 @@ impl Server {
 
     /// The address the metrics port is bound to, if any.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn engine(&self) -> &Arc<Engine> {
@@ -159,10 +161,8 @@ impl Server {
         info!("stopping: no new connections; finishing requests in flight");
         drop(listener);
         let _ = shutdown_tx.send(true);
-        let drained = tokio::time::timeout(grace, async {
-            while conns.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             warn!("grace period over; abandoning {} connections", conns.len());
             conns.abort_all();

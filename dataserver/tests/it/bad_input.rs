@@ -58,15 +58,35 @@ async fn malformed_frames_are_refused_and_server_keeps_serving() {
     let before = data_version(ds.addr).await;
 
     let cases: Vec<(&str, Vec<u8>, Option<ErrorCode>)> = vec![
-        ("http request", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), Some(ErrorCode::Protocol)),
-        ("wrong version", {
-            let mut f = frame(4, 0, &[0; 4]);
-            f[2] = 99;
-            f
-        }, Some(ErrorCode::Protocol)),
-        ("huge archive", frame(u32::MAX, 0, &[]), Some(ErrorCode::TooLarge)),
-        ("huge payload", frame(16, u32::MAX, &[0; 16]), Some(ErrorCode::TooLarge)),
-        ("invalid archive", frame(64, 0, &[0xAB; 64]), Some(ErrorCode::Protocol)),
+        (
+            "http request",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            Some(ErrorCode::Protocol),
+        ),
+        (
+            "wrong version",
+            {
+                let mut f = frame(4, 0, &[0; 4]);
+                f[2] = 99;
+                f
+            },
+            Some(ErrorCode::Protocol),
+        ),
+        (
+            "huge archive",
+            frame(u32::MAX, 0, &[]),
+            Some(ErrorCode::TooLarge),
+        ),
+        (
+            "huge payload",
+            frame(16, u32::MAX, &[0; 16]),
+            Some(ErrorCode::TooLarge),
+        ),
+        (
+            "invalid archive",
+            frame(64, 0, &[0xAB; 64]),
+            Some(ErrorCode::Protocol),
+        ),
         ("empty archive", frame(0, 0, &[]), Some(ErrorCode::Protocol)),
         ("truncated frame", frame(100, 0, &[1, 2, 3]), None),
     ];
@@ -115,7 +135,11 @@ async fn malformed_frames_are_refused_and_server_keeps_serving() {
         drop(c);
     }
     still_serving(ds.addr, &stat.file_id, &content).await;
-    assert_eq!(data_version(ds.addr).await, before, "garbage changed the store");
+    assert_eq!(
+        data_version(ds.addr).await,
+        before,
+        "garbage changed the store"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,7 +236,11 @@ async fn malformed_bodies_change_nothing() {
     // Give the server a moment to finish with the broken connections.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     still_serving(ds.addr, &stat.file_id, &content).await;
-    assert_eq!(data_version(ds.addr).await, before, "a broken body changed the store");
+    assert_eq!(
+        data_version(ds.addr).await,
+        before,
+        "a broken body changed the store"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,15 +263,34 @@ async fn crafted_file_ids_are_refused() {
     )
     .unwrap()
     .to_string();
-    let unknown = FileId::new("group1", 0, 1, 2, 3, 4, 0x1234, "bin").unwrap().to_string();
-    let missing_store = FileId::new("group1", 9, 1, 2, 3, 4, 0x1234, "bin").unwrap().to_string();
+    let unknown = FileId::new("group1", 0, 1, 2, 3, 4, 0x1234, "bin")
+        .unwrap()
+        .to_string();
+    let missing_store = FileId::new("group1", 9, 1, 2, 3, 4, 0x1234, "bin")
+        .unwrap()
+        .to_string();
     let cases: Vec<(String, ErrorCode)> = vec![
         ("../../../../etc/passwd".into(), ErrorCode::InvalidFileId),
-        (format!("group1/M00/../../{name}.bin"), ErrorCode::InvalidFileId),
-        (format!("group1/M00/00/00/../../../{name}"), ErrorCode::InvalidFileId),
-        ("group1/M00/00/00/%2e%2e%2fetc".into(), ErrorCode::InvalidFileId),
-        (format!("group1/M00/00/00/{}", "A".repeat(38)), ErrorCode::InvalidFileId),
-        (format!("group1/M00/AB/CD/{}!!.bin", &name[..36]), ErrorCode::InvalidFileId),
+        (
+            format!("group1/M00/../../{name}.bin"),
+            ErrorCode::InvalidFileId,
+        ),
+        (
+            format!("group1/M00/00/00/../../../{name}"),
+            ErrorCode::InvalidFileId,
+        ),
+        (
+            "group1/M00/00/00/%2e%2e%2fetc".into(),
+            ErrorCode::InvalidFileId,
+        ),
+        (
+            format!("group1/M00/00/00/{}B", "A".repeat(37)),
+            ErrorCode::InvalidFileId,
+        ),
+        (
+            format!("group1/M00/AB/CD/{}!!.bin", &name[..36]),
+            ErrorCode::InvalidFileId,
+        ),
         (String::new(), ErrorCode::InvalidFileId),
         ("x".repeat(100_000), ErrorCode::InvalidFileId),
         (other_group, ErrorCode::WrongGroup),
@@ -253,11 +300,31 @@ async fn crafted_file_ids_are_refused() {
     let mut c = RawConn::connect(ds.addr).await;
     for (fid, code) in &cases {
         let ops = vec![
-            (Request::Stat { file_id: fid.clone() }, vec![]),
-            (Request::GetMeta { file_id: fid.clone() }, vec![]),
-            (Request::Delete { file_id: fid.clone(), if_version: None }, vec![]),
             (
-                Request::Truncate { file_id: fid.clone(), size: 0, if_version: None },
+                Request::Stat {
+                    file_id: fid.clone(),
+                },
+                vec![],
+            ),
+            (
+                Request::GetMeta {
+                    file_id: fid.clone(),
+                },
+                vec![],
+            ),
+            (
+                Request::Delete {
+                    file_id: fid.clone(),
+                    if_version: None,
+                },
+                vec![],
+            ),
+            (
+                Request::Truncate {
+                    file_id: fid.clone(),
+                    size: 0,
+                    if_version: None,
+                },
                 vec![],
             ),
             (
@@ -270,11 +337,20 @@ async fn crafted_file_ids_are_refused() {
                 vec![],
             ),
             (
-                Request::Append { file_id: fid.clone(), size: 3, if_version: None },
+                Request::Append {
+                    file_id: fid.clone(),
+                    size: 3,
+                    if_version: None,
+                },
                 b"abc".to_vec(),
             ),
             (
-                Request::Modify { file_id: fid.clone(), offset: 0, size: 3, if_version: None },
+                Request::Modify {
+                    file_id: fid.clone(),
+                    offset: 0,
+                    size: 3,
+                    if_version: None,
+                },
                 b"abc".to_vec(),
             ),
         ];
@@ -291,7 +367,14 @@ async fn crafted_file_ids_are_refused() {
             Err(e) => assert_eq!(e.code, *code, "download {fid:.80}: {e}"),
             Ok(_) => panic!("download {fid:.80} accepted"),
         }
-        let r = c.call(Request::Exists { file_id: fid.clone() }, &[]).await;
+        let r = c
+            .call(
+                Request::Exists {
+                    file_id: fid.clone(),
+                },
+                &[],
+            )
+            .await;
         if *code == ErrorCode::NotFound {
             assert_eq!(r, Ok(Reply::Exists(false)));
         } else {
@@ -304,7 +387,12 @@ async fn crafted_file_ids_are_refused() {
     let mut c = RawConn::connect(ds.addr).await;
     let r = c
         .call(
-            Request::Upload { size: 1, ext: "../x".into(), meta: vec![], appender: false },
+            Request::Upload {
+                size: 1,
+                ext: "../x".into(),
+                meta: vec![],
+                appender: false,
+            },
             b"a",
         )
         .await;
@@ -332,20 +420,53 @@ async fn if_version_mismatch_changes_nothing() {
     )
     .await
     .expect("set meta with the right version");
-    let st = match c.call(Request::Stat { file_id: fid.clone() }, &[]).await {
+    let st = match c
+        .call(
+            Request::Stat {
+                file_id: fid.clone(),
+            },
+            &[],
+        )
+        .await
+    {
         Ok(Reply::Stat(s)) => s,
         other => panic!("{other:?}"),
     };
     assert!(st.version > v, "set_meta must raise the version");
     let before = data_version(ds.addr).await;
     let ops = vec![
-        (Request::Delete { file_id: fid.clone(), if_version: Some(v) }, vec![]),
-        (Request::Append { file_id: fid.clone(), size: 3, if_version: wrong }, b"abc".to_vec()),
         (
-            Request::Modify { file_id: fid.clone(), offset: 2, size: 3, if_version: wrong },
+            Request::Delete {
+                file_id: fid.clone(),
+                if_version: Some(v),
+            },
+            vec![],
+        ),
+        (
+            Request::Append {
+                file_id: fid.clone(),
+                size: 3,
+                if_version: wrong,
+            },
             b"abc".to_vec(),
         ),
-        (Request::Truncate { file_id: fid.clone(), size: 1, if_version: wrong }, vec![]),
+        (
+            Request::Modify {
+                file_id: fid.clone(),
+                offset: 2,
+                size: 3,
+                if_version: wrong,
+            },
+            b"abc".to_vec(),
+        ),
+        (
+            Request::Truncate {
+                file_id: fid.clone(),
+                size: 1,
+                if_version: wrong,
+            },
+            vec![],
+        ),
         (
             Request::SetMeta {
                 file_id: fid.clone(),
@@ -366,7 +487,15 @@ async fn if_version_mismatch_changes_nothing() {
     }
     assert_eq!(data_version(ds.addr).await, before);
     assert_eq!(c.download(&fid).await.unwrap(), content);
-    match c.call(Request::GetMeta { file_id: fid.clone() }, &[]).await {
+    match c
+        .call(
+            Request::GetMeta {
+                file_id: fid.clone(),
+            },
+            &[],
+        )
+        .await
+    {
         Ok(Reply::Meta { meta, version }) => {
             assert_eq!(meta, vec![MetaEntry::new("k", "v")]);
             assert_eq!(version, st.version);
@@ -376,7 +505,11 @@ async fn if_version_mismatch_changes_nothing() {
     // The matching version works.
     match c
         .call(
-            Request::Append { file_id: fid.clone(), size: 3, if_version: Some(st.version) },
+            Request::Append {
+                file_id: fid.clone(),
+                size: 3,
+                if_version: Some(st.version),
+            },
             b"abc",
         )
         .await
@@ -398,7 +531,10 @@ fn mount_tmpfs(dir: &std::path::Path, size: &str) -> bool {
 struct Unmount(std::path::PathBuf);
 impl Drop for Unmount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -425,7 +561,12 @@ async fn full_store_path_refuses_writes_and_keeps_serving() {
         let mut c = RawConn::connect(ds.addr).await;
         let r = c
             .call(
-                Request::Upload { size: chunk.len() as u64, ext: "bin".into(), meta: vec![], appender: false },
+                Request::Upload {
+                    size: chunk.len() as u64,
+                    ext: "bin".into(),
+                    meta: vec![],
+                    appender: false,
+                },
                 &chunk,
             )
             .await;
@@ -447,7 +588,12 @@ async fn full_store_path_refuses_writes_and_keeps_serving() {
     let mut c = RawConn::connect(ds.addr).await;
     expect_err(
         c.call(
-            Request::Upload { size: chunk.len() as u64, ext: String::new(), meta: vec![], appender: true },
+            Request::Upload {
+                size: chunk.len() as u64,
+                ext: String::new(),
+                meta: vec![],
+                appender: true,
+            },
             &chunk,
         )
         .await,
@@ -457,13 +603,24 @@ async fn full_store_path_refuses_writes_and_keeps_serving() {
     assert_eq!(data_version(ds.addr).await, before);
     // Deleting frees room; writes work again.
     for fid in stored.drain(..4) {
-        c.call(Request::Delete { file_id: fid, if_version: None }, &[])
-            .await
-            .expect("delete on a full disk");
+        c.call(
+            Request::Delete {
+                file_id: fid,
+                if_version: None,
+            },
+            &[],
+        )
+        .await
+        .expect("delete on a full disk");
     }
     match c
         .call(
-            Request::Upload { size: chunk.len() as u64, ext: String::new(), meta: vec![], appender: false },
+            Request::Upload {
+                size: chunk.len() as u64,
+                ext: String::new(),
+                meta: vec![],
+                appender: false,
+            },
             &chunk,
         )
         .await

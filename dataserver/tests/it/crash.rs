@@ -46,7 +46,11 @@ async fn writer(addr: SocketAddr, seed: u64, stop: Arc<AtomicBool>) -> (Vec<File
         return (files, 0);
     };
     while !stop.load(Ordering::Relaxed) {
-        let choice = if files.is_empty() { 0 } else { rng.random_range(0..10) };
+        let choice = if files.is_empty() {
+            0
+        } else {
+            rng.random_range(0..10)
+        };
         if choice < 3 {
             let n = SIZES[rng.random_range(0..SIZES.len())];
             let data = random_bytes(&mut rng, n);
@@ -59,7 +63,11 @@ async fn writer(addr: SocketAddr, seed: u64, stop: Arc<AtomicBool>) -> (Vec<File
             match conn.try_call(op, &data).await {
                 Ok(Ok(Reply::Stat(s))) => {
                     acked_ops += 1;
-                    files.push(FileModel { id: s.file_id, acked: data, pending: None });
+                    files.push(FileModel {
+                        id: s.file_id,
+                        acked: data,
+                        pending: None,
+                    });
                 }
                 Ok(other) => panic!("upload refused: {other:?}"),
                 Err(_) => break,
@@ -74,7 +82,11 @@ async fn writer(addr: SocketAddr, seed: u64, stop: Arc<AtomicBool>) -> (Vec<File
                 let add = random_bytes(&mut rng, n);
                 let mut next = f.acked.clone();
                 next.extend_from_slice(&add);
-                let op = Request::Append { file_id: f.id.clone(), size: add.len() as u64, if_version: None };
+                let op = Request::Append {
+                    file_id: f.id.clone(),
+                    size: add.len() as u64,
+                    if_version: None,
+                };
                 (op, add, next)
             }
             6..=8 => {
@@ -98,7 +110,11 @@ async fn writer(addr: SocketAddr, seed: u64, stop: Arc<AtomicBool>) -> (Vec<File
             _ => {
                 let size = rng.random_range(0..=f.acked.len());
                 let next = f.acked[..size].to_vec();
-                let op = Request::Truncate { file_id: f.id.clone(), size: size as u64, if_version: None };
+                let op = Request::Truncate {
+                    file_id: f.id.clone(),
+                    size: size as u64,
+                    if_version: None,
+                };
                 (op, Vec::new(), next)
             }
         };
@@ -144,7 +160,10 @@ async fn run_seed(seed: u64) {
         acked_ops += n;
         models.extend(files);
     }
-    assert!(acked_ops > 20, "seed {seed}: too little work before the crash ({acked_ops} ops)");
+    assert!(
+        acked_ops > 20,
+        "seed {seed}: too little work before the crash ({acked_ops} ops)"
+    );
     ds.restart();
     let mut conn = RawConn::connect(ds.addr).await;
     let mut in_flight_applied = 0;
@@ -167,7 +186,15 @@ async fn run_seed(seed: u64) {
                 ds.log_text()
             ),
         }
-        let st = match conn.call(Request::Stat { file_id: f.id.clone() }, &[]).await {
+        let st = match conn
+            .call(
+                Request::Stat {
+                    file_id: f.id.clone(),
+                },
+                &[],
+            )
+            .await
+        {
             Ok(Reply::Stat(s)) => s,
             other => panic!("{other:?}"),
         };
@@ -177,7 +204,14 @@ async fn run_seed(seed: u64) {
     // The restarted server takes new writes on top.
     let f = &models[0];
     let r = conn
-        .call(Request::Append { file_id: f.id.clone(), size: 3, if_version: None }, b"end")
+        .call(
+            Request::Append {
+                file_id: f.id.clone(),
+                size: 3,
+                if_version: None,
+            },
+            b"end",
+        )
         .await;
     assert!(r.is_ok(), "append after restart: {r:?}");
     println!(

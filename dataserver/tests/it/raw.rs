@@ -61,7 +61,10 @@ impl RawConn {
             op,
         };
         let io = |e: proto::FrameError| e.to_string();
-        self.w.write(&Message::Request(env), &[]).await.map_err(io)?;
+        self.w
+            .write(&Message::Request(env), &[])
+            .await
+            .map_err(io)?;
         if has_body {
             let mut chunks = body.chunks(proto::frame::STREAM_CHUNK).peekable();
             if chunks.peek().is_none() {
@@ -120,7 +123,10 @@ impl RawConn {
                 length: None,
             },
         };
-        self.w.write(&Message::Request(env), &[]).await.expect("send");
+        self.w
+            .write(&Message::Request(env), &[])
+            .await
+            .expect("send");
         let length = match self.response(id).await? {
             Reply::Download { length, .. } => length,
             other => panic!("unexpected reply {other:?}"),
