@@ -1,1 +1,67 @@
-fn main() {}
+//! `chorus`: the Chorus command-line client.
+//!
+//! File operations (`upload`, `download`, `delete`, `append`, `modify`,
+//! `truncate`, `stat`, `meta`, `exists`) and `bench`. Cluster commands
+//! (`status`, `failover`, `server`, `verify`, `dev`) join as further
+//! subcommands in `cli.rs` with their own modules.
+
+mod bench;
+mod cli;
+mod files;
+mod output;
+mod progress;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use client::{Client, ClientConfig};
+
+use cli::{Cli, Command};
+use output::{CliResult, Output};
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> CliResult {
+    let out = Output { json: cli.json };
+    let timeout = Duration::from_secs_f64(cli.timeout);
+    let cfg = ClientConfig::default()
+        .connect_timeout(timeout)
+        .request_timeout(timeout);
+    match cli.command {
+        Command::Bench(args) => bench::run(&cli.server, cfg, args, out).await,
+        cmd => {
+            let client = Client::connect_direct_with(cli.server.clone(), cfg).await?;
+            files::run(&client, out, cmd).await
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            output::CliError::from(e).report();
+            return ExitCode::from(output::exit::OTHER);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            e.report();
+            ExitCode::from(e.exit)
+        }
+    }
+}

@@ -1,0 +1,650 @@
+//! The [`Client`] and its operations.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use proto::{FileId, FileStat, Message, MetaEntry, MetaMode, Reply, Request, RequestEnvelope};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use crate::config::ClientConfig;
+use crate::conn::{Body, Sink};
+use crate::error::{ClientError, Result};
+use crate::options::{ByteRange, FileMeta, PingInfo, UploadOptions};
+use crate::pool::Pool;
+use crate::route::{Router, Target};
+
+/// A handle to a Chorus cluster (today: one dataserver).
+///
+/// Cheap to clone; clones share the connection pool, the client id and the
+/// sequence counter. Every operation takes a pooled connection for its
+/// duration, so one `Client` can be used from many tasks at once.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: ClientConfig,
+    pool: Pool,
+    router: Router,
+    client_id: u64,
+    next_seq: AtomicU64,
+    next_id: AtomicU64,
+}
+
+/// Counters for tests and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientStats {
+    /// TCP connections opened since the client was created.
+    pub connections_opened: u64,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.inner.router.describe())
+            .field("client_id", &self.inner.client_id)
+            .finish()
+    }
+}
+
+fn parse_id(id: &str) -> Result<FileId> {
+    Ok(FileId::parse(id)?)
+}
+
+impl Client {
+    /// Connect straight to one dataserver at `addr` (`host:port`) with the
+    /// default [`ClientConfig`]. One connection is opened at once, so an
+    /// unreachable server is reported here.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), client::ClientError> {
+    /// let client = client::Client::connect_direct("127.0.0.1:23000").await?;
+    /// let info = client.ping().await?;
+    /// println!("server {} of {}", info.server_id, info.group);
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_direct(addr: impl Into<String>) -> Result<Client> {
+        Self::connect_direct_with(addr, ClientConfig::default()).await
+    }
+
+    /// [`connect_direct`](Self::connect_direct) with explicit settings.
+    pub async fn connect_direct_with(addr: impl Into<String>, cfg: ClientConfig) -> Result<Client> {
+        let addr: Arc<str> = addr.into().into();
+        let client = Self::new_direct(addr.clone(), cfg);
+        let conn = client.inner.pool.get(&addr).await?;
+        client.inner.pool.put(conn);
+        Ok(client)
+    }
+
+    fn new_direct(addr: Arc<str>, cfg: ClientConfig) -> Client {
+        let pool = Pool::new(cfg.pool_size, cfg.connect_timeout, cfg.request_timeout);
+        let client_id = loop {
+            let id = rand::random::<u64>();
+            if id != 0 {
+                break id;
+            }
+        };
+        Client {
+            inner: Arc::new(Inner {
+                cfg,
+                pool,
+                router: Router::Direct(addr),
+                client_id,
+                next_seq: AtomicU64::new(1),
+                next_id: AtomicU64::new(1),
+            }),
+        }
+    }
+
+    /// This client's random id, sent with every request.
+    pub fn client_id(&self) -> u64 {
+        self.inner.client_id
+    }
+
+    /// The settings in use.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.cfg
+    }
+
+    /// Counters (connections opened).
+    pub fn stats(&self) -> ClientStats {
+        ClientStats {
+            connections_opened: self.inner.pool.opened(),
+        }
+    }
+
+    /// Idle pooled connections to the direct server (for tests).
+    #[doc(hidden)]
+    pub fn idle_connections(&self) -> usize {
+        self.inner.pool.idle_count(self.inner.router.describe())
+    }
+
+    fn unexpected(&self, reply: &Reply, want: &str) -> ClientError {
+        let got = match reply {
+            Reply::Pong { .. } => "pong",
+            Reply::Stat(_) => "stat",
+            Reply::Download { .. } => "download",
+            Reply::Deleted { .. } => "deleted",
+            Reply::Meta { .. } => "meta",
+            Reply::Exists(_) => "exists",
+        };
+        ClientError::Protocol {
+            addr: self.inner.router.describe().to_string(),
+            message: format!("expected a {want} reply, got {got}"),
+        }
+    }
+
+    fn stat_reply(&self, reply: Reply) -> Result<FileStat> {
+        match reply {
+            Reply::Stat(s) => Ok(s),
+            other => Err(self.unexpected(&other, "stat")),
+        }
+    }
+
+    /// Run one logical operation: route, take a connection, send, receive,
+    /// and retry when that is safe. Retries reuse the operation's `seq`.
+    async fn exchange(
+        &self,
+        target: Target<'_>,
+        op: Request,
+        idempotent: bool,
+        mut body: Body<'_>,
+        mut sink: Sink<'_>,
+    ) -> Result<Reply> {
+        let inner = &*self.inner;
+        let seq = inner.next_seq.fetch_add(1, Ordering::Relaxed);
+        let mut msg = Message::Request(RequestEnvelope {
+            id: 0,
+            client_id: inner.client_id,
+            seq,
+            epoch: 0,
+            op,
+        });
+        let vec_start = match &sink {
+            Sink::Vec(v) => v.len(),
+            _ => 0,
+        };
+        let mut attempt: u32 = 0;
+        loop {
+            let route = inner.router.route(target)?;
+            let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+            if let Message::Request(env) = &mut msg {
+                env.id = id;
+                env.epoch = route.epoch;
+            }
+            let err = match self
+                .attempt(&route.addr, &msg, id, &mut body, &mut sink)
+                .await
+            {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(wire)) => ClientError::from(wire),
+                Err(e) => e,
+            };
+            let nothing_sent = matches!(
+                err,
+                ClientError::Connect { .. }
+                    | ClientError::Timeout {
+                        during: "connecting",
+                        ..
+                    }
+            );
+            let may_retry = attempt < inner.cfg.retries
+                && body.replayable()
+                && !sink.committed()
+                && (nothing_sent || (idempotent && err.is_retryable()));
+            if !may_retry {
+                return Err(err);
+            }
+            if let Sink::Vec(v) = &mut sink {
+                v.truncate(vec_start);
+            }
+            let wait = inner
+                .cfg
+                .retry_backoff
+                .saturating_mul(1u32 << attempt.min(16));
+            debug!(seq, attempt, error = %err, ?wait, "retrying");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt(
+        &self,
+        addr: &Arc<str>,
+        msg: &Message,
+        id: u64,
+        body: &mut Body<'_>,
+        sink: &mut Sink<'_>,
+    ) -> Result<std::result::Result<Reply, proto::WireError>> {
+        let mut conn = self.inner.pool.get(addr).await?;
+        let res = conn
+            .call(msg, id, body, sink, self.inner.cfg.verify_crc)
+            .await;
+        if res.is_ok() {
+            self.inner.pool.put(conn);
+        }
+        res
+    }
+
+    async fn simple(&self, target: Target<'_>, op: Request, idempotent: bool) -> Result<Reply> {
+        self.exchange(target, op, idempotent, Body::None, Sink::None)
+            .await
+    }
+
+    /// Check that the server is alive and ask who it is.
+    pub async fn ping(&self) -> Result<PingInfo> {
+        match self.simple(Target::Any, Request::Ping, true).await? {
+            Reply::Pong {
+                server_id,
+                group,
+                data_version,
+            } => Ok(PingInfo {
+                server_id,
+                group,
+                data_version,
+            }),
+            other => Err(self.unexpected(&other, "pong")),
+        }
+    }
+
+    fn upload_request(size: u64, opts: UploadOptions) -> Result<Request> {
+        proto::file_id::validate_ext(&opts.ext)
+            .map_err(|e| ClientError::InvalidArgument(e.to_string()))?;
+        Ok(Request::Upload {
+            size,
+            ext: opts.ext,
+            meta: opts.meta,
+            appender: opts.appender,
+        })
+    }
+
+    /// Store `data` as a new file; the server assigns its id.
+    ///
+    /// ```no_run
+    /// # async fn run(client: client::Client) -> Result<(), client::ClientError> {
+    /// use client::UploadOptions;
+    /// let stat = client
+    ///     .upload(b"hello", UploadOptions::new().ext("txt").meta("lang", "en"))
+    ///     .await?;
+    /// println!("stored as {} (version {})", stat.file_id, stat.version);
+    /// # Ok(()) }
+    /// ```
+    pub async fn upload(&self, data: &[u8], opts: UploadOptions) -> Result<FileStat> {
+        let op = Self::upload_request(data.len() as u64, opts)?;
+        let reply = self
+            .exchange(Target::Create, op, false, Body::Slice(data), Sink::None)
+            .await?;
+        self.stat_reply(reply)
+    }
+
+    /// Store exactly `size` bytes read from `reader` as a new file,
+    /// streamed in [`STREAM_CHUNK`](proto::frame::STREAM_CHUNK) pieces
+    /// (never held in memory whole). Fails with
+    /// [`ClientError::ShortBody`] if the reader ends early; bytes beyond
+    /// `size` are not read.
+    ///
+    /// ```no_run
+    /// # async fn run(client: client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// let file = tokio::fs::File::open("backup.tar").await?;
+    /// let size = file.metadata().await?.len();
+    /// let stat = client
+    ///     .upload_reader(file, size, client::UploadOptions::new().ext("tar"))
+    ///     .await?;
+    /// println!("{}", stat.file_id);
+    /// # Ok(()) }
+    /// ```
+    pub async fn upload_reader<R>(
+        &self,
+        mut reader: R,
+        size: u64,
+        opts: UploadOptions,
+    ) -> Result<FileStat>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let op = Self::upload_request(size, opts)?;
+        let reply = self
+            .exchange(
+                Target::Create,
+                op,
+                false,
+                Body::Reader(&mut reader, size),
+                Sink::None,
+            )
+            .await?;
+        self.stat_reply(reply)
+    }
+
+    /// Download a whole file into memory. The content is checked against
+    /// the server's crc32 unless [`ClientConfig::verify_crc`] is off.
+    ///
+    /// ```no_run
+    /// # async fn run(client: client::Client, id: String) -> Result<(), client::ClientError> {
+    /// match client.download(&id).await {
+    ///     Ok(bytes) => println!("{} bytes", bytes.len()),
+    ///     Err(e) if e.is_not_found() => println!("no such file"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn download(&self, file_id: &str) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.download_into(file_id, ByteRange::all(), &mut out)
+            .await?;
+        Ok(out)
+    }
+
+    /// Download `length` bytes from `offset` (fewer when the file ends
+    /// first).
+    pub async fn download_range(&self, file_id: &str, offset: u64, length: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.download_into(file_id, ByteRange::new(offset, length), &mut out)
+            .await?;
+        Ok(out)
+    }
+
+    /// Download `range` of a file, appending to `out` (reuse one vector
+    /// across calls to avoid allocating per download). Returns the file's
+    /// stat.
+    pub async fn download_into(
+        &self,
+        file_id: &str,
+        range: impl Into<ByteRange>,
+        out: &mut Vec<u8>,
+    ) -> Result<FileStat> {
+        let fid = parse_id(file_id)?;
+        let range = range.into();
+        let op = Request::Download {
+            file_id: file_id.to_string(),
+            offset: range.offset,
+            length: range.length,
+        };
+        let reply = self
+            .exchange(Target::Read(&fid), op, true, Body::None, Sink::Vec(out))
+            .await?;
+        match reply {
+            Reply::Download { stat, .. } => Ok(stat),
+            other => Err(self.unexpected(&other, "download")),
+        }
+    }
+
+    /// Stream `range` of a file into `writer` (chunk by chunk; a 2 GiB file
+    /// is never held in memory). Returns the file's stat. A failed
+    /// download may leave part of the data written; it is retried only if
+    /// nothing was written yet. A whole-file download is checked against
+    /// the crc32 only after all data was written.
+    ///
+    /// ```no_run
+    /// # async fn run(client: client::Client, id: String) -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut out = tokio::fs::File::create("copy.bin").await?;
+    /// let stat = client.download_to(&id, &mut out, ..).await?;
+    /// println!("{} bytes, version {}", stat.size, stat.version);
+    /// # Ok(()) }
+    /// ```
+    pub async fn download_to<W>(
+        &self,
+        file_id: &str,
+        mut writer: W,
+        range: impl Into<ByteRange>,
+    ) -> Result<FileStat>
+    where
+        W: AsyncWrite + Unpin + Send,
+    {
+        let fid = parse_id(file_id)?;
+        let range = range.into();
+        let op = Request::Download {
+            file_id: file_id.to_string(),
+            offset: range.offset,
+            length: range.length,
+        };
+        let sink = Sink::Writer {
+            writer: &mut writer,
+            written: 0,
+        };
+        let reply = self
+            .exchange(Target::Read(&fid), op, true, Body::None, sink)
+            .await?;
+        match reply {
+            Reply::Download { stat, .. } => Ok(stat),
+            other => Err(self.unexpected(&other, "download")),
+        }
+    }
+
+    /// Delete a file; with `if_version`, only if that is its current
+    /// version. Returns the version of the deletion.
+    ///
+    /// ```no_run
+    /// # async fn run(client: client::Client, id: String) -> Result<(), client::ClientError> {
+    /// let stat = client.stat(&id).await?;
+    /// match client.delete(&id, Some(stat.version)).await {
+    ///     Err(e) if e.is_version_mismatch() => println!("changed meanwhile; kept"),
+    ///     other => { other?; }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete(&self, file_id: &str, if_version: Option<u64>) -> Result<u64> {
+        let fid = parse_id(file_id)?;
+        let op = Request::Delete {
+            file_id: file_id.to_string(),
+            if_version,
+        };
+        match self.simple(Target::Write(&fid), op, false).await? {
+            Reply::Deleted { version } => Ok(version),
+            other => Err(self.unexpected(&other, "deleted")),
+        }
+    }
+
+    /// Append `data` to an appender file.
+    ///
+    /// ```no_run
+    /// # async fn run(client: client::Client) -> Result<(), client::ClientError> {
+    /// use client::UploadOptions;
+    /// let log = client.upload(b"", UploadOptions::new().appender(true)).await?;
+    /// let stat = client.append(&log.file_id, b"line 1\n", None).await?;
+    /// assert_eq!(stat.size, 7);
+    /// # Ok(()) }
+    /// ```
+    pub async fn append(
+        &self,
+        file_id: &str,
+        data: &[u8],
+        if_version: Option<u64>,
+    ) -> Result<FileStat> {
+        let fid = parse_id(file_id)?;
+        let op = Request::Append {
+            file_id: file_id.to_string(),
+            size: data.len() as u64,
+            if_version,
+        };
+        let reply = self
+            .exchange(
+                Target::Write(&fid),
+                op,
+                false,
+                Body::Slice(data),
+                Sink::None,
+            )
+            .await?;
+        self.stat_reply(reply)
+    }
+
+    /// Append exactly `size` bytes read from `reader`, streamed.
+    pub async fn append_reader<R>(
+        &self,
+        file_id: &str,
+        mut reader: R,
+        size: u64,
+        if_version: Option<u64>,
+    ) -> Result<FileStat>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let fid = parse_id(file_id)?;
+        let op = Request::Append {
+            file_id: file_id.to_string(),
+            size,
+            if_version,
+        };
+        let body = Body::Reader(&mut reader, size);
+        let reply = self
+            .exchange(Target::Write(&fid), op, false, body, Sink::None)
+            .await?;
+        self.stat_reply(reply)
+    }
+
+    /// Overwrite bytes at `offset` with `data`; the file grows when the
+    /// write runs past its end (`offset` must be at most its size).
+    ///
+    /// ```no_run
+    /// # async fn run(client: client::Client, id: String) -> Result<(), client::ClientError> {
+    /// let before = client.stat(&id).await?;
+    /// let after = client.modify(&id, 0, b"HEAD", Some(before.version)).await?;
+    /// assert!(after.version > before.version);
+    /// # Ok(()) }
+    /// ```
+    pub async fn modify(
+        &self,
+        file_id: &str,
+        offset: u64,
+        data: &[u8],
+        if_version: Option<u64>,
+    ) -> Result<FileStat> {
+        let fid = parse_id(file_id)?;
+        let op = Request::Modify {
+            file_id: file_id.to_string(),
+            offset,
+            size: data.len() as u64,
+            if_version,
+        };
+        let reply = self
+            .exchange(
+                Target::Write(&fid),
+                op,
+                false,
+                Body::Slice(data),
+                Sink::None,
+            )
+            .await?;
+        self.stat_reply(reply)
+    }
+
+    /// [`modify`](Self::modify) with exactly `size` bytes from `reader`.
+    pub async fn modify_reader<R>(
+        &self,
+        file_id: &str,
+        offset: u64,
+        mut reader: R,
+        size: u64,
+        if_version: Option<u64>,
+    ) -> Result<FileStat>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let fid = parse_id(file_id)?;
+        let op = Request::Modify {
+            file_id: file_id.to_string(),
+            offset,
+            size,
+            if_version,
+        };
+        let body = Body::Reader(&mut reader, size);
+        let reply = self
+            .exchange(Target::Write(&fid), op, false, body, Sink::None)
+            .await?;
+        self.stat_reply(reply)
+    }
+
+    /// Set the size of an appender file (shrink, or extend with zeros).
+    pub async fn truncate(
+        &self,
+        file_id: &str,
+        size: u64,
+        if_version: Option<u64>,
+    ) -> Result<FileStat> {
+        let fid = parse_id(file_id)?;
+        let op = Request::Truncate {
+            file_id: file_id.to_string(),
+            size,
+            if_version,
+        };
+        let reply = self.simple(Target::Write(&fid), op, false).await?;
+        self.stat_reply(reply)
+    }
+
+    /// A file's size, crc32, times, version and kind.
+    ///
+    /// ```no_run
+    /// # async fn run(client: client::Client, id: String) -> Result<(), client::ClientError> {
+    /// let stat = client.stat(&id).await?;
+    /// println!("{} bytes, crc32 {:08x}", stat.size, stat.crc32);
+    /// # Ok(()) }
+    /// ```
+    pub async fn stat(&self, file_id: &str) -> Result<FileStat> {
+        let fid = parse_id(file_id)?;
+        let op = Request::Stat {
+            file_id: file_id.to_string(),
+        };
+        let reply = self.simple(Target::Read(&fid), op, true).await?;
+        self.stat_reply(reply)
+    }
+
+    /// Replace ([`MetaMode::Overwrite`]) or update ([`MetaMode::Merge`]) a
+    /// file's metadata.
+    ///
+    /// ```no_run
+    /// # async fn run(client: client::Client, id: String) -> Result<(), client::ClientError> {
+    /// use client::{MetaEntry, MetaMode};
+    /// client
+    ///     .set_meta(&id, vec![MetaEntry::new("owner", "ana")], MetaMode::Merge, None)
+    ///     .await?;
+    /// let meta = client.get_meta(&id).await?;
+    /// assert_eq!(meta.get("owner"), Some("ana"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_meta(
+        &self,
+        file_id: &str,
+        meta: Vec<MetaEntry>,
+        mode: MetaMode,
+        if_version: Option<u64>,
+    ) -> Result<FileStat> {
+        let fid = parse_id(file_id)?;
+        let op = Request::SetMeta {
+            file_id: file_id.to_string(),
+            meta,
+            mode,
+            if_version,
+        };
+        let reply = self.simple(Target::Write(&fid), op, false).await?;
+        self.stat_reply(reply)
+    }
+
+    /// A file's metadata and the version it was read at.
+    pub async fn get_meta(&self, file_id: &str) -> Result<FileMeta> {
+        let fid = parse_id(file_id)?;
+        let op = Request::GetMeta {
+            file_id: file_id.to_string(),
+        };
+        match self.simple(Target::Read(&fid), op, true).await? {
+            Reply::Meta { meta, version } => Ok(FileMeta {
+                entries: meta,
+                version,
+            }),
+            other => Err(self.unexpected(&other, "meta")),
+        }
+    }
+
+    /// Whether the file exists.
+    pub async fn exists(&self, file_id: &str) -> Result<bool> {
+        let fid = parse_id(file_id)?;
+        let op = Request::Exists {
+            file_id: file_id.to_string(),
+        };
+        match self.simple(Target::Read(&fid), op, true).await? {
+            Reply::Exists(b) => Ok(b),
+            other => Err(self.unexpected(&other, "exists")),
+        }
+    }
+}

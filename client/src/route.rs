@@ -1,0 +1,80 @@
+//! Picking the server for an operation.
+//!
+//! Every operation asks the router for a [`Route`] before it takes a
+//! connection from the pool. Today the only router is [`Router::Direct`]
+//! (one dataserver); cluster routing by group master and epoch plugs in
+//! here without touching the API or the pool.
+
+use std::sync::Arc;
+
+use proto::FileId;
+
+use crate::error::Result;
+
+/// What an operation needs from the cluster.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target<'a> {
+    /// Any server will do (ping).
+    Any,
+    /// A server that accepts new files (upload).
+    Create,
+    /// A server that may serve reads of this file.
+    Read(&'a FileId),
+    /// The server that applies writes to this file (its group's master).
+    Write(&'a FileId),
+}
+
+impl Target<'_> {
+    /// The group the operation concerns, when it names a file.
+    pub(crate) fn group(&self) -> Option<&str> {
+        match self {
+            Target::Any | Target::Create => None,
+            Target::Read(id) | Target::Write(id) => Some(id.group()),
+        }
+    }
+
+    fn is_write(&self) -> bool {
+        matches!(self, Target::Create | Target::Write(_))
+    }
+}
+
+/// Where to send one attempt of an operation.
+#[derive(Debug, Clone)]
+pub(crate) struct Route {
+    pub addr: Arc<str>,
+    /// The group epoch to put in the request (0: don't check).
+    pub epoch: u64,
+}
+
+/// How the client finds servers.
+#[derive(Debug)]
+pub(crate) enum Router {
+    /// Every operation goes to one dataserver.
+    Direct(Arc<str>),
+}
+
+impl Router {
+    pub(crate) fn route(&self, target: Target<'_>) -> Result<Route> {
+        match self {
+            Router::Direct(addr) => {
+                tracing::trace!(
+                    %addr,
+                    group = target.group().unwrap_or("-"),
+                    write = target.is_write(),
+                    "direct route"
+                );
+                Ok(Route {
+                    addr: addr.clone(),
+                    epoch: 0,
+                })
+            }
+        }
+    }
+
+    /// A description for error messages.
+    pub(crate) fn describe(&self) -> &str {
+        match self {
+            Router::Direct(addr) => addr,
+        }
+    }
+}
