@@ -36,6 +36,7 @@
 //! [`ErrorCode`] with helpers such as [`ClientError::is_not_found`].
 
 mod client;
+pub mod leader;
 mod config;
 mod conn;
 mod error;

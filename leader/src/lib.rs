@@ -10,9 +10,10 @@
 //! * [`node`]: request handling and the failure monitor.
 //! * [`server`]: the TCP listener (client requests, subscriptions, Raft RPCs).
 //! * [`config`]: flags and TOML configuration.
-//! * [`client`]: [`client::LeaderClient`], for dataservers, the SDK and the CLI.
+//!
+//! Dataservers, the SDK and the CLI talk to leaders through
+//! `client::leader::LeaderClient` in the `client` crate.
 
-pub mod client;
 pub mod config;
 pub mod live;
 pub mod map;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use leader::client::{ClientTimeouts, LeaderClient, Subscription};
+use client::leader::{ClientTimeouts, LeaderClient, Subscription};
 use proto::cluster::{
     ClusterMap, Heartbeat, JoinRequest, LeaderStatus, ReplicationMode, ServerId, ServerStatus,
 };

@@ -107,7 +107,7 @@ async fn restart_from_data_dirs_restores_the_map() {
         let before = client.get_map(true).await.unwrap();
         drop(servers);
         cluster.spawn(lagging);
-        let c = leader::client::LeaderClient::new(vec![cluster.leaders[lagging].addr.clone()]);
+        let c = client::leader::LeaderClient::new(vec![cluster.leaders[lagging].addr.clone()]);
         let deadline = Instant::now() + 10 * SEC;
         while c.get_map(false).await.ok().as_ref() != Some(&before) {
             assert!(
@@ -132,7 +132,7 @@ async fn restart_from_data_dirs_restores_the_map() {
         assert_eq!(status_of(&after, 4), Some(ServerStatus::Deleted));
         // Followers serve the same map (non-linearizable reads).
         for i in 0..3 {
-            let c = leader::client::LeaderClient::new(vec![cluster.leaders[i].addr.clone()]);
+            let c = client::leader::LeaderClient::new(vec![cluster.leaders[i].addr.clone()]);
             let deadline = Instant::now() + 5 * SEC;
             loop {
                 let m = c.get_map(false).await.unwrap();
@@ -264,7 +264,7 @@ fn frame(msg: &LeaderMessage, payload: &[u8]) -> Vec<u8> {
     b
 }
 
-fn code<T>(r: Result<T, leader::client::ClientError>) -> Option<ErrorCode> {
+fn code<T>(r: Result<T, client::leader::LeaderClientError>) -> Option<ErrorCode> {
     r.err().and_then(|e| e.code())
 }
 

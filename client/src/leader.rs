@@ -7,8 +7,8 @@
 //! answers for (bad request, not found, ...) are returned at once.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), leader::client::ClientError> {
-//! use leader::client::LeaderClient;
+//! # async fn demo() -> Result<(), client::leader::LeaderClientError> {
+//! use client::leader::LeaderClient;
 //! let client = LeaderClient::new(vec!["127.0.0.1:7100".into(), "127.0.0.1:7101".into()]);
 //! let map = client.get_map(true).await?;
 //! let mut sub = client.subscribe();
@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 
 /// What a call can fail with.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub enum LeaderClientError {
     /// The leader refused the request (not retried).
     #[error("leader refused: {0}")]
     Refused(LeaderError),
@@ -50,11 +50,11 @@ pub enum ClientError {
     NoAddresses,
 }
 
-impl ClientError {
+impl LeaderClientError {
     /// The wire error code when a leader refused the request.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Refused(e) => Some(e.code()),
+            LeaderClientError::Refused(e) => Some(e.code()),
             _ => None,
         }
     }
@@ -108,7 +108,7 @@ async fn connect(addr: &str, timeout: Duration) -> Result<Conn, String> {
 }
 
 enum Attempt {
-    Done(Result<LeaderReply, ClientError>),
+    Done(Result<LeaderReply, LeaderClientError>),
     /// Try again, preferring this address.
     Redirect(Option<String>, String),
     Failed(String),
@@ -227,16 +227,16 @@ impl LeaderClient {
                 Attempt::Redirect(e.redirect.as_ref().map(|r| r.addr.clone()), e.to_string())
             }
             Ok(Err(e)) if e.code() == ErrorCode::Unavailable => Attempt::Failed(e.to_string()),
-            Ok(Err(e)) => Attempt::Done(Err(ClientError::Refused(e))),
+            Ok(Err(e)) => Attempt::Done(Err(LeaderClientError::Refused(e))),
         }
     }
 
     /// Send `op` to the known leader first, then to the others, following
     /// redirects, retrying until the call deadline. Requests any leader may
     /// serve are answered by the first one reached.
-    async fn call(&self, op: LeaderRequest) -> Result<LeaderReply, ClientError> {
+    async fn call(&self, op: LeaderRequest) -> Result<LeaderReply, LeaderClientError> {
         if self.shared.addrs.is_empty() {
-            return Err(ClientError::NoAddresses);
+            return Err(LeaderClientError::NoAddresses);
         }
         let t = self.shared.timeouts.clone();
         let start = Instant::now();
@@ -270,7 +270,7 @@ impl LeaderClient {
                 }
             }
             if start.elapsed() >= t.call {
-                return Err(ClientError::Unavailable {
+                return Err(LeaderClientError::Unavailable {
                     waited: start.elapsed(),
                     last,
                 });
@@ -282,26 +282,26 @@ impl LeaderClient {
     }
 
     /// Join (or rejoin) a group; answers the server's record and the map.
-    pub async fn join(&self, req: JoinRequest) -> Result<(ServerInfo, ClusterMap), ClientError> {
+    pub async fn join(&self, req: JoinRequest) -> Result<(ServerInfo, ClusterMap), LeaderClientError> {
         match self.call(LeaderRequest::Join(req)).await? {
             LeaderReply::Joined { server, map } => Ok((server, map)),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+            other => Err(LeaderClientError::Unexpected(format!("{other:?}"))),
         }
     }
 
-    pub async fn heartbeat(&self, hb: Heartbeat) -> Result<HeartbeatAck, ClientError> {
+    pub async fn heartbeat(&self, hb: Heartbeat) -> Result<HeartbeatAck, LeaderClientError> {
         match self.call(LeaderRequest::Heartbeat(hb)).await? {
             LeaderReply::HeartbeatAck(a) => Ok(a),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+            other => Err(LeaderClientError::Unexpected(format!("{other:?}"))),
         }
     }
 
     /// Read the map; `linearizable` asks the Raft leader to confirm it is
     /// current, otherwise any leader answers from its applied map.
-    pub async fn get_map(&self, linearizable: bool) -> Result<ClusterMap, ClientError> {
+    pub async fn get_map(&self, linearizable: bool) -> Result<ClusterMap, LeaderClientError> {
         match self.call(LeaderRequest::GetMap { linearizable }).await? {
             LeaderReply::Map(m) => Ok(m),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+            other => Err(LeaderClientError::Unexpected(format!("{other:?}"))),
         }
     }
 
@@ -310,22 +310,22 @@ impl LeaderClient {
         &self,
         group: &str,
         to: Option<ServerId>,
-    ) -> Result<GroupInfo, ClientError> {
+    ) -> Result<GroupInfo, LeaderClientError> {
         let op = LeaderRequest::Failover {
             group: group.to_string(),
             to,
         };
         match self.call(op).await? {
             LeaderReply::FailedOver { group, .. } => Ok(group),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+            other => Err(LeaderClientError::Unexpected(format!("{other:?}"))),
         }
     }
 
     /// Mark a server DELETED.
-    pub async fn remove_server(&self, id: ServerId) -> Result<ServerInfo, ClientError> {
+    pub async fn remove_server(&self, id: ServerId) -> Result<ServerInfo, LeaderClientError> {
         match self.call(LeaderRequest::RemoveServer { id }).await? {
             LeaderReply::Removed { server, .. } => Ok(server),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+            other => Err(LeaderClientError::Unexpected(format!("{other:?}"))),
         }
     }
 
@@ -335,7 +335,7 @@ impl LeaderClient {
         id: ServerId,
         status: ServerStatus,
         data_version: u64,
-    ) -> Result<ServerInfo, ClientError> {
+    ) -> Result<ServerInfo, LeaderClientError> {
         let op = LeaderRequest::ReportProgress {
             id,
             status,
@@ -343,20 +343,20 @@ impl LeaderClient {
         };
         match self.call(op).await? {
             LeaderReply::Progress { server, .. } => Ok(server),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+            other => Err(LeaderClientError::Unexpected(format!("{other:?}"))),
         }
     }
 
     /// The status of whichever leader answers first (the known leader first).
-    pub async fn status(&self) -> Result<LeaderStatus, ClientError> {
+    pub async fn status(&self) -> Result<LeaderStatus, LeaderClientError> {
         match self.call(LeaderRequest::Status).await? {
             LeaderReply::Status(s) => Ok(s),
-            other => Err(ClientError::Unexpected(format!("{other:?}"))),
+            other => Err(LeaderClientError::Unexpected(format!("{other:?}"))),
         }
     }
 
     /// The status of one given leader (for listing every leader).
-    pub async fn status_of(addr: &str, timeout: Duration) -> Result<LeaderStatus, ClientError> {
+    pub async fn status_of(addr: &str, timeout: Duration) -> Result<LeaderStatus, LeaderClientError> {
         let c = LeaderClient::with_timeouts(
             vec![addr.to_string()],
             ClientTimeouts {
