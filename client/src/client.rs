@@ -2,22 +2,27 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use proto::cluster::ClusterMap;
 use proto::{FileId, FileStat, Message, MetaEntry, MetaMode, Reply, Request, RequestEnvelope};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
+use crate::cluster::ClusterRouter;
 use crate::config::ClientConfig;
 use crate::conn::{Body, Sink};
 use crate::error::{ClientError, Result};
+use crate::leader::ClientTimeouts;
 use crate::options::{ByteRange, FileMeta, PingInfo, UploadOptions};
 use crate::pool::Pool;
 use crate::route::{Router, Target};
 
-/// A handle to a Chorus cluster (today: one dataserver).
+/// A handle to a Chorus cluster ([`connect`](Self::connect)) or to one
+/// dataserver ([`connect_direct`](Self::connect_direct)).
 ///
-/// Cheap to clone; clones share the connection pool, the client id and the
-/// sequence counter. Every operation takes a pooled connection for its
+/// Cheap to clone; clones share the connection pool, the client id, the
+/// sequence counter and (in cluster mode) the map subscription. Every operation takes a pooled connection for its
 /// duration, so one `Client` can be used from many tasks at once.
 #[derive(Clone)]
 pub struct Client {
@@ -49,6 +54,10 @@ impl std::fmt::Debug for Client {
     }
 }
 
+/// The longest pause between two attempts of an operation waiting for a
+/// usable master (cluster mode), unless a newer map ends it earlier.
+const CLUSTER_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
 fn parse_id(id: &str) -> Result<FileId> {
     Ok(FileId::parse(id)?)
 }
@@ -78,7 +87,80 @@ impl Client {
         Ok(client)
     }
 
+    /// Connect to a cluster through its leaders (`host:port` each; one
+    /// reachable leader is enough) with the default [`ClientConfig`].
+    ///
+    /// The client subscribes to the cluster map and keeps it current: the
+    /// Raft leader pushes every change (no polling), and the subscription
+    /// moves to the next Raft leader by itself. Returns once the first map
+    /// arrived (or fails with a timeout after
+    /// `max(connect_timeout, cluster_wait)`).
+    ///
+    /// Every operation then goes to the master of its file's group (the
+    /// group is part of the file id) and carries the group's epoch; an
+    /// upload picks a group with an ACTIVE master by
+    /// [`ClientConfig::upload_group_rule`]. When the master refuses
+    /// (`not_master`, `stale_epoch`, `unavailable`) or cannot be reached, the
+    /// operation waits for a fresher map and is sent again with the same
+    /// sequence number, for up to [`ClientConfig::cluster_wait`] in total.
+    /// Every operation whose body can be sent again is retried this way
+    /// (not those streaming from a reader, nor downloads that already wrote
+    /// to a caller's writer), appends included: a write resent after a lost
+    /// connection may have been applied already; dataservers are to
+    /// recognise such a resend by `(client_id, seq)` and apply it once.
+    /// Until they remember sequence numbers (a later release), an append
+    /// resent after a lost answer may apply twice, and an upload may leave
+    /// an unreferenced copy.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), client::ClientError> {
+    /// let client = client::Client::connect(["127.0.0.1:7100", "127.0.0.1:7101"]).await?;
+    /// let stat = client.upload(b"hi", client::UploadOptions::new()).await?;
+    /// let map = client.cluster_map().expect("cluster mode");
+    /// println!("{} went to {:?}", stat.file_id, map.master_of("group1").map(|s| &s.addr));
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(leaders: impl IntoIterator<Item = impl Into<String>>) -> Result<Client> {
+        Self::connect_with(leaders, ClientConfig::default()).await
+    }
+
+    /// [`connect`](Self::connect) with explicit settings.
+    pub async fn connect_with(
+        leaders: impl IntoIterator<Item = impl Into<String>>,
+        cfg: ClientConfig,
+    ) -> Result<Client> {
+        let leaders: Vec<String> = leaders
+            .into_iter()
+            .map(Into::into)
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if leaders.is_empty() {
+            return Err(ClientError::InvalidArgument(
+                "no leader addresses given".into(),
+            ));
+        }
+        let timeouts = ClientTimeouts {
+            connect: cfg.connect_timeout.min(Duration::from_secs(1)),
+            ..ClientTimeouts::default()
+        };
+        let router = ClusterRouter::start(leaders.clone(), timeouts, cfg.upload_group_rule);
+        let wait = cfg.connect_timeout.max(cfg.cluster_wait);
+        if !router.wait_first(wait).await {
+            return Err(ClientError::Timeout {
+                addr: leaders.join(","),
+                during: "waiting for the cluster map from the leaders",
+                after: wait,
+            });
+        }
+        Ok(Self::new(Router::Cluster(router), cfg))
+    }
+
     fn new_direct(addr: Arc<str>, cfg: ClientConfig) -> Client {
+        Self::new(Router::Direct(addr), cfg)
+    }
+
+    fn new(router: Router, cfg: ClientConfig) -> Client {
         let pool = Pool::new(cfg.pool_size, cfg.connect_timeout, cfg.request_timeout);
         let client_id = loop {
             let id = rand::random::<u64>();
@@ -90,7 +172,7 @@ impl Client {
             inner: Arc::new(Inner {
                 cfg,
                 pool,
-                router: Router::Direct(addr),
+                router,
                 client_id,
                 next_seq: AtomicU64::new(1),
                 next_id: AtomicU64::new(1),
@@ -106,6 +188,32 @@ impl Client {
     /// The settings in use.
     pub fn config(&self) -> &ClientConfig {
         &self.inner.cfg
+    }
+
+    /// Cluster mode: the latest cluster map (`None` in direct mode).
+    pub fn cluster_map(&self) -> Option<ClusterMap> {
+        self.inner
+            .router
+            .cluster()
+            .and_then(|c| c.current())
+            .map(|m| ClusterMap::clone(&m))
+    }
+
+    /// Cluster mode: the leader addresses given to
+    /// [`connect`](Self::connect) (`None` in direct mode).
+    pub fn leaders(&self) -> Option<&[String]> {
+        self.inner.router.cluster().map(|c| c.leaders())
+    }
+
+    /// Cluster mode: wait up to `timeout` for a map whose version is above
+    /// `version`, and return it (`None` on timeout or in direct mode).
+    pub async fn wait_cluster_map(&self, version: u64, timeout: Duration) -> Option<ClusterMap> {
+        let c = self.inner.router.cluster()?;
+        if c.wait_newer(version, timeout).await {
+            self.cluster_map()
+        } else {
+            None
+        }
     }
 
     /// Counters (connections opened).
@@ -167,8 +275,26 @@ impl Client {
             _ => 0,
         };
         let mut attempt: u32 = 0;
+        // Cluster mode: waiting for a usable master ends at this deadline.
+        let deadline = Instant::now() + inner.cfg.cluster_wait;
+        let mut cluster_backoff = inner.cfg.retry_backoff;
         loop {
-            let route = inner.router.route(target)?;
+            let route = match inner.router.route(target) {
+                Ok(r) => r,
+                Err(e) => {
+                    let cluster = inner.router.cluster();
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match cluster {
+                        Some(c) if e.is_retryable() && !left.is_zero() => {
+                            let version = c.current().map_or(0, |m| m.version);
+                            debug!(seq, error = %e, "no route; waiting for a newer map");
+                            c.wait_newer(version, left).await;
+                            continue;
+                        }
+                        _ => return Err(e),
+                    }
+                }
+            };
             let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
             if let Message::Request(env) = &mut msg {
                 env.id = id;
@@ -182,6 +308,29 @@ impl Client {
                 Ok(Err(wire)) => ClientError::from(wire),
                 Err(e) => e,
             };
+            let resendable = body.replayable() && !sink.committed();
+            if let Some(c) = inner.router.cluster() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if resendable && err.wants_fresher_map() && !left.is_zero() {
+                    if let Sink::Vec(v) = &mut sink {
+                        v.truncate(vec_start);
+                    }
+                    // A newer map ends the wait at once; the backoff covers
+                    // a server that has not caught up with the map yet.
+                    let wait = cluster_backoff.min(left);
+                    debug!(
+                        seq,
+                        addr = %route.addr,
+                        epoch = route.epoch,
+                        map = route.map_version,
+                        error = %err,
+                        "retrying once the map moves on"
+                    );
+                    c.wait_newer(route.map_version, wait).await;
+                    cluster_backoff = (cluster_backoff * 2).min(CLUSTER_BACKOFF_MAX);
+                    continue;
+                }
+            }
             let nothing_sent = matches!(
                 err,
                 ClientError::Connect { .. }
@@ -191,8 +340,7 @@ impl Client {
                     }
             );
             let may_retry = attempt < inner.cfg.retries
-                && body.replayable()
-                && !sink.committed()
+                && resendable
                 && (nothing_sent || (idempotent && err.is_retryable()));
             if !may_retry {
                 return Err(err);

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::cluster::UploadGroupRule;
+
 /// How a [`Client`](crate::Client) connects, waits and retries.
 ///
 /// Built with chained setters from [`ClientConfig::default`]:
@@ -23,11 +25,15 @@ pub struct ClientConfig {
     pub(crate) retries: u32,
     pub(crate) retry_backoff: Duration,
     pub(crate) verify_crc: bool,
+    pub(crate) upload_group_rule: UploadGroupRule,
+    pub(crate) cluster_wait: Duration,
 }
 
 impl Default for ClientConfig {
     /// Connect timeout 5 s, request timeout 30 s, 16 pooled connections per
-    /// server, 2 retries with 50 ms backoff, crc verification on.
+    /// server, 2 retries with 50 ms backoff, crc verification on; in
+    /// cluster mode, round-robin uploads and up to 5 s of waiting for a
+    /// master per operation.
     fn default() -> Self {
         ClientConfig {
             connect_timeout: Duration::from_secs(5),
@@ -36,6 +42,8 @@ impl Default for ClientConfig {
             retries: 2,
             retry_backoff: Duration::from_millis(50),
             verify_crc: true,
+            upload_group_rule: UploadGroupRule::RoundRobin,
+            cluster_wait: Duration::from_secs(5),
         }
     }
 }
@@ -84,6 +92,25 @@ impl ClientConfig {
         self
     }
 
+    /// Cluster mode: how an upload picks its group.
+    pub fn upload_group_rule(mut self, rule: UploadGroupRule) -> Self {
+        self.upload_group_rule = rule;
+        self
+    }
+
+    /// Cluster mode: the longest an operation waits, in total, for the map
+    /// to name a usable master after the one it tried refused
+    /// (`not_master`, `stale_epoch`, `unavailable`) or could not be reached,
+    /// or when its group has no ACTIVE master. The operation is retried
+    /// (with the same sequence number) whenever a newer map arrives, and
+    /// also after a short backoff in case the server lagged behind the map.
+    /// [`Client::connect`](crate::Client::connect) waits at least this long
+    /// for the first map.
+    pub fn cluster_wait(mut self, d: Duration) -> Self {
+        self.cluster_wait = d;
+        self
+    }
+
     pub fn get_connect_timeout(&self) -> Duration {
         self.connect_timeout
     }
@@ -98,5 +125,11 @@ impl ClientConfig {
     }
     pub fn get_verify_crc(&self) -> bool {
         self.verify_crc
+    }
+    pub fn get_upload_group_rule(&self) -> UploadGroupRule {
+        self.upload_group_rule
+    }
+    pub fn get_cluster_wait(&self) -> Duration {
+        self.cluster_wait
     }
 }

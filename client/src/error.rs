@@ -12,6 +12,10 @@ pub enum ClientError {
     /// The server answered with an error.
     #[error("{code}: {message}")]
     Server { code: ErrorCode, message: String },
+    /// Cluster mode: the map names no server for the operation (the group
+    /// has no ACTIVE master, or is unknown), or no map arrived yet.
+    #[error("{code}: {message}")]
+    NoRoute { code: ErrorCode, message: String },
     /// Could not open a connection to `addr`.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
@@ -63,7 +67,7 @@ impl ClientError {
     /// client-side failure (`None` when no code fits).
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Server { code, .. } => Some(*code),
+            ClientError::Server { code, .. } | ClientError::NoRoute { code, .. } => Some(*code),
             ClientError::Timeout { .. } => Some(ErrorCode::Timeout),
             ClientError::Protocol { .. } => Some(ErrorCode::Protocol),
             ClientError::InvalidFileId(_) => Some(ErrorCode::InvalidFileId),
@@ -90,7 +94,9 @@ impl ClientError {
     /// [`Display`](std::fmt::Display) adds for server errors.
     pub fn message(&self) -> String {
         match self {
-            ClientError::Server { message, .. } => message.clone(),
+            ClientError::Server { message, .. } | ClientError::NoRoute { message, .. } => {
+                message.clone()
+            }
             other => other.to_string(),
         }
     }
@@ -124,7 +130,25 @@ impl ClientError {
     /// Whether repeating the same request may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ClientError::Server { code, .. } => code.is_retryable(),
+            ClientError::Server { code, .. } | ClientError::NoRoute { code, .. } => {
+                code.is_retryable()
+            }
+            other => other.is_network(),
+        }
+    }
+}
+
+impl ClientError {
+    /// Cluster mode: whether the error means "this server is not (or no
+    /// longer) the one to ask": a refusal naming another master, an old
+    /// epoch, an unavailable master, or a failed connection. Such an
+    /// operation is retried once the map names a usable master.
+    pub(crate) fn wants_fresher_map(&self) -> bool {
+        match self {
+            ClientError::Server { code, .. } | ClientError::NoRoute { code, .. } => matches!(
+                code,
+                ErrorCode::NotMaster | ErrorCode::StaleEpoch | ErrorCode::Unavailable
+            ),
             other => other.is_network(),
         }
     }

@@ -282,7 +282,10 @@ impl LeaderClient {
     }
 
     /// Join (or rejoin) a group; answers the server's record and the map.
-    pub async fn join(&self, req: JoinRequest) -> Result<(ServerInfo, ClusterMap), LeaderClientError> {
+    pub async fn join(
+        &self,
+        req: JoinRequest,
+    ) -> Result<(ServerInfo, ClusterMap), LeaderClientError> {
         match self.call(LeaderRequest::Join(req)).await? {
             LeaderReply::Joined { server, map } => Ok((server, map)),
             other => Err(LeaderClientError::Unexpected(format!("{other:?}"))),
@@ -356,7 +359,10 @@ impl LeaderClient {
     }
 
     /// The status of one given leader (for listing every leader).
-    pub async fn status_of(addr: &str, timeout: Duration) -> Result<LeaderStatus, LeaderClientError> {
+    pub async fn status_of(
+        addr: &str,
+        timeout: Duration,
+    ) -> Result<LeaderStatus, LeaderClientError> {
         let c = LeaderClient::with_timeouts(
             vec![addr.to_string()],
             ClientTimeouts {

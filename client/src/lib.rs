@@ -1,7 +1,13 @@
 //! Chorus client SDK.
 //!
-//! An async (tokio) client for Chorus dataservers: upload, download (whole,
-//! ranges, streamed), append, modify, truncate, delete, metadata, stat.
+//! An async (tokio) client for Chorus: upload, download (whole, ranges,
+//! streamed), append, modify, truncate, delete, metadata, stat.
+//!
+//! [`Client::connect`] takes the leaders' addresses and routes every
+//! operation to its group's master by the cluster map, which the leaders
+//! push on every change; it rides through master failovers by waiting for
+//! the next map and resending (see [`Client::connect`] for which operations
+//! are resent). [`Client::connect_direct`] talks to one dataserver.
 //! Connections are pooled per server; bodies and downloads stream in
 //! [`STREAM_CHUNK`](proto::frame::STREAM_CHUNK) pieces, so multi-GiB files
 //! never sit in memory unless you ask for a `Vec`.
@@ -36,16 +42,19 @@
 //! [`ErrorCode`] with helpers such as [`ClientError::is_not_found`].
 
 mod client;
-pub mod leader;
+mod cluster;
 mod config;
 mod conn;
 mod error;
+pub mod leader;
 mod options;
 mod pool;
 mod route;
 
 pub use client::{Client, ClientStats};
+pub use cluster::UploadGroupRule;
 pub use config::ClientConfig;
 pub use error::{ClientError, Result};
 pub use options::{ByteRange, FileMeta, PingInfo, UploadOptions};
+pub use proto::cluster::ClusterMap;
 pub use proto::{ErrorCode, FileId, FileStat, MetaEntry, MetaMode};

@@ -1,14 +1,16 @@
 //! Picking the server for an operation.
 //!
 //! Every operation asks the router for a [`Route`] before it takes a
-//! connection from the pool. Today the only router is [`Router::Direct`]
-//! (one dataserver); cluster routing by group master and epoch plugs in
-//! here without touching the API or the pool.
+//! connection from the pool: [`Router::Direct`] sends everything to one
+//! dataserver; [`Router::Cluster`] sends each operation to the master of
+//! its file's group (or of the group chosen for an upload) with the
+//! group's epoch, from the leaders' map (see [`crate::cluster`]).
 
 use std::sync::Arc;
 
 use proto::FileId;
 
+use crate::cluster::ClusterRouter;
 use crate::error::Result;
 
 /// What an operation needs from the cluster.
@@ -33,7 +35,7 @@ impl Target<'_> {
         }
     }
 
-    fn is_write(&self) -> bool {
+    pub(crate) fn is_write(&self) -> bool {
         matches!(self, Target::Create | Target::Write(_))
     }
 }
@@ -44,6 +46,9 @@ pub(crate) struct Route {
     pub addr: Arc<str>,
     /// The group epoch to put in the request (0: don't check).
     pub epoch: u64,
+    /// The version of the cluster map the route was read from (0 in
+    /// direct mode).
+    pub map_version: u64,
 }
 
 /// How the client finds servers.
@@ -51,6 +56,8 @@ pub(crate) struct Route {
 pub(crate) enum Router {
     /// Every operation goes to one dataserver.
     Direct(Arc<str>),
+    /// Operations go to their group's master, from the leaders' map.
+    Cluster(ClusterRouter),
 }
 
 impl Router {
@@ -66,8 +73,18 @@ impl Router {
                 Ok(Route {
                     addr: addr.clone(),
                     epoch: 0,
+                    map_version: 0,
                 })
             }
+            Router::Cluster(c) => c.route(target),
+        }
+    }
+
+    /// The cluster router, in cluster mode.
+    pub(crate) fn cluster(&self) -> Option<&ClusterRouter> {
+        match self {
+            Router::Direct(_) => None,
+            Router::Cluster(c) => Some(c),
         }
     }
 
@@ -75,6 +92,7 @@ impl Router {
     pub(crate) fn describe(&self) -> &str {
         match self {
             Router::Direct(addr) => addr,
+            Router::Cluster(c) => c.describe(),
         }
     }
 }

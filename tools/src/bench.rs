@@ -13,6 +13,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 
 use crate::cli::{BenchArgs, BenchOp};
+use crate::endpoint::Endpoint;
 use crate::output::{exit, CliError, CliResult, Output};
 
 /// Largest latency the histogram tracks (microseconds); longer ones are
@@ -78,13 +79,13 @@ fn payload(size: u64) -> Vec<u8> {
 
 /// Upload `count` files of the payload with up to `concurrency` at once.
 async fn preload(
-    server: &str,
+    ep: &Endpoint,
     cfg: &ClientConfig,
     data: &Arc<Vec<u8>>,
     count: usize,
     concurrency: usize,
 ) -> CliResult<Arc<Vec<String>>> {
-    let client = Client::connect_direct_with(server, cfg.clone().pool_size(concurrency)).await?;
+    let client = ep.connect(cfg.clone().pool_size(concurrency)).await?;
     let mut set = tokio::task::JoinSet::new();
     let per = count.div_ceil(concurrency.max(1));
     let mut left = count;
@@ -182,7 +183,7 @@ async fn task(client: Client, plan: Arc<Plan>, index: usize) -> CliResult<TaskRe
 }
 
 /// Run the benchmark and print its summary.
-pub async fn run(server: &str, cfg: ClientConfig, args: BenchArgs, out: Output) -> CliResult {
+pub async fn run(ep: &Endpoint, cfg: ClientConfig, args: BenchArgs, out: Output) -> CliResult {
     if args.concurrency == 0 {
         return Err(CliError::usage("--concurrency must be at least 1"));
     }
@@ -197,14 +198,14 @@ pub async fn run(server: &str, cfg: ClientConfig, args: BenchArgs, out: Output) 
     let ids = if args.op == BenchOp::Upload {
         Arc::new(Vec::new())
     } else {
-        preload(server, &cfg, &data, args.files, args.concurrency).await?
+        preload(ep, &cfg, &data, args.files, args.concurrency).await?
     };
 
     // One client (one connection) per task, all connected before the clock
     // starts.
     let mut clients = Vec::with_capacity(args.concurrency);
     for _ in 0..args.concurrency {
-        clients.push(Client::connect_direct_with(server, cfg.clone().pool_size(1)).await?);
+        clients.push(ep.connect(cfg.clone().pool_size(1)).await?);
     }
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup);

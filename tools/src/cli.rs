@@ -20,11 +20,22 @@ Errors are reported as one line on stderr: `error: <code>: <message>`.";
 #[command(
     name = "chorus",
     version,
-    about = "Chorus command-line client: file operations and benchmarks",
+    about = "Chorus command-line client: file operations, benchmarks and cluster admin",
     after_help = EXIT_CODES
 )]
 pub struct Cli {
-    /// Dataserver address (host:port).
+    /// Leader addresses (host:port, comma-separated): file commands and
+    /// bench run in cluster mode, routed to each group's master; needed by
+    /// status, failover and server. Without it, --server is used.
+    #[arg(
+        long,
+        global = true,
+        env = "CHORUS_LEADERS",
+        value_delimiter = ',',
+        value_name = "ADDRS"
+    )]
+    pub leaders: Option<Vec<String>>,
+    /// Dataserver address (host:port), when --leaders is not given.
     #[arg(
         long,
         global = true,
@@ -64,8 +75,63 @@ pub enum Command {
     Meta(MetaCommand),
     /// Say whether a file exists (exit status 0 if it does, 3 if not).
     Exists(IdArgs),
-    /// Measure throughput and latency against a server.
+    /// Measure throughput and latency against a server or a cluster.
     Bench(BenchArgs),
+    /// Show the leaders, groups and servers (like fdfs_monitor).
+    Status(StatusArgs),
+    /// Move a group's master to another ACTIVE member (raises the epoch).
+    Failover(FailoverArgs),
+    /// Dataserver administration.
+    #[command(subcommand)]
+    Server(ServerCommand),
+    /// Run a local cluster in the foreground: 3 leaders and one group of
+    /// dataservers. Ctrl-C stops it.
+    Dev(DevArgs),
+}
+
+#[derive(Args, Debug, Clone, Copy)]
+pub struct StatusArgs {
+    /// Redraw on every change of the cluster map, until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct FailoverArgs {
+    /// The group, e.g. group1.
+    pub group: String,
+    /// The server id to promote (default: the ACTIVE member with the
+    /// highest data version).
+    #[arg(long, value_name = "SERVER")]
+    pub to: Option<u64>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ServerCommand {
+    /// Mark a server DELETED and take it out of its group.
+    Remove {
+        /// The server id.
+        id: u64,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "\
+Leaders listen on BASE, BASE+1, BASE+2 and dataservers on BASE+10, \
+BASE+11, ...; all on 127.0.0.1. Data and logs go under --dir (leaderN/, dsN/, \
+logs/). Restarting on the same --dir and --base-port resumes the same \
+cluster. The chorus-leader and chorus-dataserver binaries are looked up next \
+to this executable (or in $CHORUS_BIN_DIR).")]
+pub struct DevArgs {
+    /// Folder for all data and logs.
+    #[arg(long, default_value = "./chorus-dev", value_name = "DIR")]
+    pub dir: PathBuf,
+    /// First port (leaders use BASE..BASE+2, dataservers BASE+10..).
+    #[arg(long, default_value_t = 7100, value_name = "P")]
+    pub base_port: u16,
+    /// Dataservers in the group.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=50))]
+    pub dataservers: u16,
 }
 
 #[derive(Args, Debug)]
@@ -274,6 +340,30 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(Cli::try_parse_from(["chorus", "upload", "a", "--meta", "novalue"]).is_err());
+        let cli = Cli::try_parse_from([
+            "chorus",
+            "--leaders",
+            "127.0.0.1:1,127.0.0.1:2",
+            "failover",
+            "group1",
+            "--to",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.leaders.as_deref(),
+            Some(&["127.0.0.1:1".to_string(), "127.0.0.1:2".to_string()][..])
+        );
+        match cli.command {
+            Command::Failover(f) => assert_eq!((f.group.as_str(), f.to), ("group1", Some(3))),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from(["chorus", "dev", "--base-port", "9000"]).unwrap();
+        match cli.command {
+            Command::Dev(d) => assert_eq!((d.base_port, d.dataservers), (9000, 3)),
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["chorus", "dev", "--dataservers", "0"]).is_err());
         assert!(Cli::try_parse_from(["chorus", "truncate", "x", "--size", "12Q"]).is_err());
     }
 }

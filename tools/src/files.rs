@@ -176,11 +176,11 @@ pub async fn run(client: &Client, out: Output, cmd: Command) -> CliResult {
                 Err(CliError::silent(exit::NOT_FOUND))
             }
         }
-        Command::Bench(_) => Err(CliError::new(
-            "internal",
-            "bench is not a file command",
-            exit::OTHER,
-        )),
+        Command::Bench(_)
+        | Command::Status(_)
+        | Command::Failover(_)
+        | Command::Server(_)
+        | Command::Dev(_) => Err(CliError::new("internal", "not a file command", exit::OTHER)),
     }
 }
 

@@ -1,12 +1,16 @@
 //! `chorus`: the Chorus command-line client.
 //!
 //! File operations (`upload`, `download`, `delete`, `append`, `modify`,
-//! `truncate`, `stat`, `meta`, `exists`) and `bench`. Cluster commands
-//! (`status`, `failover`, `server`, `verify`, `dev`) join as further
-//! subcommands in `cli.rs` with their own modules.
+//! `truncate`, `stat`, `meta`, `exists`) and `bench`, against one
+//! dataserver (`--server`) or a cluster (`--leaders`); cluster commands
+//! `status`, `failover`, `server remove` (module `admin`) and `dev`, a local
+//! cluster in the foreground (module `dev`).
 
+mod admin;
 mod bench;
 mod cli;
+mod dev;
+mod endpoint;
 mod files;
 mod output;
 mod progress;
@@ -18,6 +22,7 @@ use clap::Parser;
 use client::{Client, ClientConfig};
 
 use cli::{Cli, Command};
+use endpoint::Endpoint;
 use output::{CliResult, Output};
 
 fn init_logging() {
@@ -35,10 +40,17 @@ async fn run(cli: Cli) -> CliResult {
     let cfg = ClientConfig::default()
         .connect_timeout(timeout)
         .request_timeout(timeout);
+    let ep = Endpoint::from_args(&cli.server, cli.leaders.as_deref());
     match cli.command {
-        Command::Bench(args) => bench::run(&cli.server, cfg, args, out).await,
+        Command::Bench(args) => bench::run(&ep, cfg, args, out).await,
+        Command::Status(args) => admin::status(ep.leaders("status")?, timeout, args, out).await,
+        Command::Failover(args) => {
+            admin::failover(ep.leaders("failover")?, timeout, args, out).await
+        }
+        Command::Server(cmd) => admin::server(ep.leaders("server")?, timeout, cmd, out).await,
+        Command::Dev(args) => dev::run(args, out).await,
         cmd => {
-            let client = Client::connect_direct_with(cli.server.clone(), cfg).await?;
+            let client: Client = ep.connect(cfg).await?;
             files::run(&client, out, cmd).await
         }
     }

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 
+use client::leader::LeaderClientError;
 use client::{ClientError, ErrorCode, FileMeta, FileStat};
 use serde::Serialize;
 use serde_json::json;
@@ -65,6 +66,29 @@ impl From<ClientError> for CliError {
     }
 }
 
+impl From<LeaderClientError> for CliError {
+    fn from(e: LeaderClientError) -> Self {
+        match &e {
+            LeaderClientError::Refused(refusal) => {
+                let code = refusal.code();
+                let exit = if code == ErrorCode::NotFound {
+                    exit::NOT_FOUND
+                } else {
+                    exit::OTHER
+                };
+                CliError::new(code.as_str(), refusal.error.message.clone(), exit)
+            }
+            LeaderClientError::Unavailable { .. } => {
+                CliError::new("unreachable", e.to_string(), exit::UNREACHABLE)
+            }
+            LeaderClientError::NoAddresses => CliError::usage(e.to_string()),
+            LeaderClientError::Unexpected(_) => {
+                CliError::new("protocol", e.to_string(), exit::OTHER)
+            }
+        }
+    }
+}
+
 impl From<std::io::Error> for CliError {
     fn from(e: std::io::Error) -> Self {
         CliError::new("io", e.to_string(), exit::OTHER)
@@ -104,14 +128,14 @@ impl<'a> From<&'a FileStat> for StatJson<'a> {
     }
 }
 
-fn print_line(s: &str) -> CliResult {
+pub fn print_line(s: &str) -> CliResult {
     let mut out = std::io::stdout().lock();
     writeln!(out, "{s}")?;
     out.flush()?;
     Ok(())
 }
 
-fn print_json(v: &impl Serialize) -> CliResult {
+pub fn print_json(v: &impl Serialize) -> CliResult {
     let s = serde_json::to_string(v).map_err(|e| CliError::new("internal", e.to_string(), 1))?;
     print_line(&s)
 }

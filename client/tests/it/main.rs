@@ -1,6 +1,9 @@
-//! Client SDK tests against an in-process fake dataserver over real TCP.
+//! Client SDK tests against in-process fake dataservers (and a fake leader)
+//! over real TCP.
 
+mod cluster;
 mod fake;
+mod fake_leader;
 mod faults;
 mod ops;
 

@@ -33,7 +33,7 @@ pub fn chorus_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_chorus"))
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
 }
@@ -197,10 +197,17 @@ impl Run {
 }
 
 pub fn run_chorus(server: &str, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    run_chorus_with(&["--server", server], args, stdin)
+}
+
+/// Run `chorus <global> --timeout 20 <args>` (e.g. global `--leaders A,B`).
+pub fn run_chorus_with(global: &[&str], args: &[&str], stdin: Option<&[u8]>) -> Run {
     let mut child = Command::new(chorus_bin())
-        .args(["--server", server, "--timeout", "20"])
+        .args(global)
+        .args(["--timeout", "20"])
         .args(args)
         .env_remove("CHORUS_SERVER")
+        .env_remove("CHORUS_LEADERS")
         .env_remove("CHORUS_LOG")
         .stdin(if stdin.is_some() {
             Stdio::piped()
