@@ -46,6 +46,14 @@ pub struct Config {
     pub group: String,
     /// This server's id within the cluster (1..). Default 1.
     pub server_id: u32,
+    /// Leader addresses (`host:port`). Empty (the default): run standalone,
+    /// serving every request without a cluster map. Otherwise the server
+    /// joins its group through these leaders, heartbeats and follows the
+    /// map; only its group's master (holding a valid lease) serves files.
+    pub leaders: Vec<String>,
+    /// Interval between heartbeats to the leaders, in ms. Keep it well
+    /// below the leaders' `master_lease_ms`. Default 1000.
+    pub heartbeat_ms: u64,
     /// Storage engine settings.
     pub storage: StorageConfig,
     /// Network limits.
@@ -113,6 +121,8 @@ impl Default for Config {
             store_paths: Vec::new(),
             group: "group1".to_string(),
             server_id: 1,
+            leaders: Vec::new(),
+            heartbeat_ms: 1000,
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
         }
@@ -180,6 +190,31 @@ impl Config {
         if self.server_id == 0 {
             return Err(ConfigError::Invalid("server_id must be at least 1".into()));
         }
+        for l in &self.leaders {
+            let ok = l.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+            });
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "leader address {l:?} is not host:port"
+                )));
+            }
+        }
+        if !self.leaders.is_empty() {
+            if !(50..=60_000).contains(&self.heartbeat_ms) {
+                return Err(ConfigError::Invalid(
+                    "heartbeat_ms must be between 50 and 60000".into(),
+                ));
+            }
+            let advertised = self.advertise.unwrap_or(self.listen);
+            if advertised.ip().is_unspecified() {
+                return Err(ConfigError::Invalid(format!(
+                    "listening on {} with leaders configured: set advertise to the address \
+                     clients and peers reach this server at",
+                    self.listen
+                )));
+            }
+        }
         let s = &self.storage;
         if !(0.0..=4.0).contains(&s.reserve_ratio) {
             return Err(ConfigError::Invalid(
@@ -205,6 +240,11 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the server runs in a cluster (leaders configured).
+    pub fn clustered(&self) -> bool {
+        !self.leaders.is_empty()
     }
 
     /// The engine's share of the configuration.
@@ -264,5 +304,31 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn leaders_and_advertise() {
+        let c: Config = toml::from_str(
+            r#"
+            leaders = ["127.0.0.1:7100", "leader2.example:7100"]
+            advertise = "10.0.0.5:23000"
+            listen = "0.0.0.0:23000"
+            "#,
+        )
+        .unwrap();
+        assert!(c.clustered());
+        c.validate().unwrap();
+        // Advertising 0.0.0.0 to the leaders would be useless.
+        let c = Config {
+            advertise: None,
+            ..c
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            leaders: vec!["no-port".into()],
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        assert!(!Config::default().clustered());
     }
 }

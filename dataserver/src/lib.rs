@@ -1,6 +1,8 @@
 //! Chorus dataserver: the storage engine ([`engine`]), the network side
-//! ([`server`]) and its configuration ([`config`]).
+//! ([`server`]), cluster membership ([`cluster`]) and its configuration
+//! ([`config`]).
 
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod server;

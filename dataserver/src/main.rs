@@ -3,6 +3,11 @@
 //! With no flags it serves `127.0.0.1:23000` with its data under
 //! `./chorus-data`. `--config FILE` reads a TOML file (see
 //! `docs/ARCHITECTURE.md`); flags override the file.
+//!
+//! `--leaders A,B,C` (or `CHORUS_LEADERS`) makes it a cluster member: it
+//! joins its `--group` as `--server-id`, announcing `--advertise` (default:
+//! the listen address), heartbeats and follows the map; see
+//! `dataserver::cluster`. Without leaders it runs standalone.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -38,6 +43,16 @@ struct Args {
     /// This server's id (default 1).
     #[arg(long)]
     server_id: Option<u32>,
+    /// Leader addresses, comma-separated (HOST:PORT,...). Without leaders the
+    /// server runs standalone.
+    #[arg(long, env = "CHORUS_LEADERS", value_delimiter = ',')]
+    leaders: Option<Vec<String>>,
+    /// Address announced to leaders and clients (default: the listen address).
+    #[arg(long)]
+    advertise: Option<SocketAddr>,
+    /// Interval between heartbeats to the leaders, in ms (default 1000).
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
     /// Files above this size are stored as single files (e.g. 64MiB).
     #[arg(long, value_parser = parse_size)]
     large_file_threshold: Option<u64>,
@@ -93,6 +108,19 @@ fn build_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.server_id {
         cfg.server_id = v;
+    }
+    if let Some(v) = &args.leaders {
+        cfg.leaders = v
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+    }
+    if let Some(v) = args.advertise {
+        cfg.advertise = Some(v);
+    }
+    if let Some(v) = args.heartbeat_ms {
+        cfg.heartbeat_ms = v;
     }
     if let Some(v) = args.large_file_threshold {
         cfg.storage.large_file_threshold = v;
@@ -162,6 +190,8 @@ fn main() -> anyhow::Result<()> {
             server_id = cfg.server_id,
             data_dir = %cfg.data_dir.display(),
             metrics = ?server.metrics_addr(),
+            leaders = ?cfg.leaders,
+            mode = if cfg.clustered() { "cluster" } else { "standalone" },
             "dataserver listening"
         );
         server.run(stop_signal()).await?;

@@ -13,6 +13,7 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use super::body::{message_kind, NetBody};
 use super::metrics::Metrics;
+use crate::cluster::SharedView;
 use crate::engine::{Engine, EngineError};
 
 /// What the connection loop needs from the server.
@@ -26,6 +27,8 @@ pub struct ConnContext {
     pub frame_timeout: Duration,
     /// Flips to true when the server is stopping.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The cluster view every request is admitted against.
+    pub cluster: SharedView,
 }
 
 /// How a request ended, for the connection loop.
@@ -160,6 +163,13 @@ where
     let started = std::time::Instant::now();
     let op = env.op.op_name();
     let id = env.id;
+    // The cluster gate: role, lease and epoch (see `cluster::view`).
+    let admitted = ctx
+        .cluster
+        .admit(matches!(env.op, Request::Ping), env.epoch);
+    if let Err(e) = &admitted {
+        debug!(code = %e.code, error = %e.message, "request refused by the cluster gate");
+    }
 
     // Requests with a body: run them, then make sure the body was consumed.
     if let Some(size) = env.op.body_len() {
@@ -177,7 +187,11 @@ where
             return Outcome::Close;
         }
         let mut body = NetBody::new(reader, id, size, ctx.frame_timeout);
-        let result = run_with_body(ctx, env.op, &mut body).await;
+        // A refused request's body is drained below, keeping the stream in step.
+        let result = match admitted {
+            Ok(()) => run_with_body(ctx, env.op, &mut body).await,
+            Err(e) => Err(e),
+        };
         let in_step = body.drain().await;
         if let Some(why) = body.broken() {
             warn!(error = why, "malformed request body; closing connection");
@@ -196,6 +210,14 @@ where
             return Outcome::Close;
         }
         return Outcome::Continue;
+    }
+
+    if let Err(e) = admitted {
+        ctx.metrics.finish(op, false, started.elapsed());
+        return match send_response(writer, id, Err(e)).await {
+            Ok(()) => Outcome::Continue,
+            Err(_) => Outcome::Close,
+        };
     }
 
     if let Request::Download {

@@ -15,6 +15,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::cluster::{agent, AgentConfig, ClusterError, ClusterView, SharedView};
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
 use conn::ConnContext;
@@ -33,6 +34,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// A started dataserver.
@@ -45,6 +48,9 @@ pub struct Server {
     max_connections: usize,
     grace: Duration,
     shutdown_tx: watch::Sender<bool>,
+    view: SharedView,
+    /// Set when leaders are configured.
+    agent: Option<AgentConfig>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -62,6 +68,27 @@ impl Server {
             .await
             .map_err(|e| EngineError::Internal(format!("engine open task failed: {e}")))??;
         let listener = bind(cfg.listen).await?;
+        let id = u64::from(cfg.server_id);
+        let (view, agent) = if cfg.clustered() {
+            let advertise = match cfg.advertise {
+                Some(a) => a,
+                None => listener.local_addr().map_err(|source| ServerError::Bind {
+                    addr: cfg.listen,
+                    source,
+                })?,
+            };
+            let agent = AgentConfig {
+                id,
+                group: cfg.group.clone(),
+                advertise: advertise.to_string(),
+                leaders: cfg.leaders.clone(),
+                heartbeat: Duration::from_millis(cfg.heartbeat_ms),
+            };
+            (ClusterView::joining(id, cfg.group.clone()), Some(agent))
+        } else {
+            (ClusterView::standalone(id, cfg.group.clone()), None)
+        };
+        let view = SharedView::new(view);
         let metrics_listener = match cfg.metrics_listen {
             Some(a) => Some(bind(a).await?),
             None => None,
@@ -77,6 +104,7 @@ impl Server {
             idle_timeout: Duration::from_secs(cfg.limits.idle_timeout_secs.max(1)),
             frame_timeout: Duration::from_secs(cfg.limits.frame_timeout_secs.max(1)),
             shutdown: shutdown_rx,
+            cluster: view.clone(),
         });
         Ok(Server {
             engine,
@@ -87,7 +115,14 @@ impl Server {
             max_connections: cfg.limits.max_connections,
             grace: Duration::from_secs(cfg.limits.shutdown_grace_secs),
             shutdown_tx,
+            view,
+            agent,
         })
+    }
+
+    /// What this server knows of the cluster (standalone without leaders).
+    pub fn cluster_view(&self) -> &SharedView {
+        &self.view
     }
 
     /// The address the data port is bound to.
@@ -106,8 +141,9 @@ impl Server {
         &self.engine
     }
 
-    /// Serve until `stop` completes, then finish requests in flight (up to
-    /// the grace period) and close the store.
+    /// Serve until `stop` completes (or the cluster agent fails: a refused
+    /// join), then stop heartbeats, finish requests in flight (up to the
+    /// grace period) and close the store.
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> Result<(), ServerError> {
         let Server {
             engine,
@@ -118,7 +154,18 @@ impl Server {
             max_connections,
             grace,
             shutdown_tx,
+            view,
+            agent,
         } = self;
+        let mut agent = agent.map(|cfg| {
+            tokio::spawn(agent::run(
+                cfg,
+                engine.clone(),
+                view.clone(),
+                ctx.shutdown.clone(),
+            ))
+        });
+        let mut failed: Option<ClusterError> = None;
         let limit = Arc::new(Semaphore::new(max_connections));
         let mut conns = JoinSet::new();
         if let Some(l) = metrics_listener {
@@ -130,6 +177,13 @@ impl Server {
         loop {
             tokio::select! {
                 _ = &mut stop => break,
+                ended = agent_ended(&mut agent) => {
+                    if let Err(e) = ended {
+                        tracing::error!(error = %e, "leaving the cluster; stopping");
+                        failed = Some(e);
+                        break;
+                    }
+                }
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
                 accepted = listener.accept() => {
                     let (stream, peer) = match accepted {
@@ -161,6 +215,16 @@ impl Server {
         info!("stopping: no new connections; finishing requests in flight");
         drop(listener);
         let _ = shutdown_tx.send(true);
+        if let Some(h) = agent.take() {
+            // The agent stops at the shutdown signal; don't wait on a stuck call.
+            let abort = h.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), h)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
         let drained =
             tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await;
         if drained.is_err() {
@@ -169,7 +233,25 @@ impl Server {
         }
         engine.shutdown().await?;
         info!("stopped");
-        Ok(())
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Resolves when the cluster agent ends (never when there is none).
+async fn agent_ended(
+    agent: &mut Option<tokio::task::JoinHandle<Result<(), ClusterError>>>,
+) -> Result<(), ClusterError> {
+    let Some(h) = agent.as_mut() else {
+        return std::future::pending().await;
+    };
+    let r = h.await;
+    *agent = None;
+    match r {
+        Ok(r) => r,
+        Err(e) => Err(ClusterError::Agent(e.to_string())),
     }
 }
 

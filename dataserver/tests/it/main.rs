@@ -2,6 +2,7 @@
 //! real sockets and disks.
 
 mod bad_input;
+mod cluster;
 mod crash;
 mod raw;
 mod streaming;

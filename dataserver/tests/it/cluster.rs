@@ -1,0 +1,413 @@
+//! Cluster membership with real processes: three `chorus-leader`s and real
+//! `chorus-dataserver`s started with `--leaders`.
+//!
+//! Build the leader first: `cargo build -p chorus-leader`.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use client::leader::{ClientTimeouts, LeaderClient};
+use proto::cluster::{ClusterMap, ServerId, ServerStatus};
+use proto::{ErrorCode, Message, Reply, Request, RequestEnvelope, WireError};
+use testkit::{Dataserver, DataserverOpts, Leaders};
+
+use crate::raw::RawConn;
+
+/// Leader flags that make failure detection and leases fast.
+const FAST: &[&str] = &["--server-timeout-ms", "1000", "--master-lease-ms", "1500"];
+const FAST_LEASE: Duration = Duration::from_millis(1500);
+
+fn leader_client(leaders: &Leaders) -> LeaderClient {
+    LeaderClient::with_timeouts(
+        leaders.addrs(),
+        ClientTimeouts {
+            connect: Duration::from_millis(300),
+            request: Duration::from_secs(3),
+            call: Duration::from_secs(10),
+            backoff: Duration::from_millis(50),
+            subscription_silence: Duration::from_secs(3),
+        },
+    )
+}
+
+fn dataserver(leaders: &Leaders, id: u32, extra: &[&str]) -> Dataserver {
+    Dataserver::start(DataserverOpts {
+        server_id: id,
+        leaders: leaders.addrs(),
+        extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        ..DataserverOpts::default()
+    })
+}
+
+/// Poll the map (any leader's) until `pred` holds; panics after `timeout`.
+async fn wait_map(
+    lc: &LeaderClient,
+    timeout: Duration,
+    what: &str,
+    pred: impl Fn(&ClusterMap) -> bool,
+) -> ClusterMap {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        if let Ok(m) = lc.get_map(false).await {
+            if pred(&m) {
+                return m;
+            }
+            last = Some(m);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within {timeout:?}; last map: {last:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn status_of(m: &ClusterMap, id: ServerId) -> Option<ServerStatus> {
+    m.server(id).map(|s| s.status)
+}
+
+fn all_active(m: &ClusterMap, ids: &[ServerId]) -> bool {
+    ids.iter()
+        .all(|id| status_of(m, *id) == Some(ServerStatus::Active))
+        && m.group("group1").is_some_and(|g| g.master.is_some())
+}
+
+/// Send one request without a body, carrying `epoch`.
+async fn call_epoch(addr: SocketAddr, op: Request, epoch: u64) -> Result<Reply, WireError> {
+    let mut c = RawConn::connect(addr).await;
+    let env = RequestEnvelope {
+        id: 7,
+        client_id: 0,
+        seq: 0,
+        epoch,
+        op,
+    };
+    c.w.write(&Message::Request(env), &[]).await.expect("send");
+    c.response(7).await
+}
+
+async fn try_upload(addr: SocketAddr, data: &[u8]) -> Result<Reply, WireError> {
+    let mut c = RawConn::connect(addr).await;
+    c.call(
+        Request::Upload {
+            size: data.len() as u64,
+            ext: "txt".into(),
+            meta: vec![],
+            appender: false,
+        },
+        data,
+    )
+    .await
+}
+
+async fn upload_ok(addr: SocketAddr, data: &[u8]) -> String {
+    match try_upload(addr, data).await {
+        Ok(Reply::Stat(s)) => s.file_id,
+        other => panic!("upload to {addr} failed: {other:?}"),
+    }
+}
+
+fn addr_of(m: &ClusterMap, id: ServerId) -> SocketAddr {
+    m.server(id)
+        .and_then(|s| s.addr.parse().ok())
+        .expect("server address in the map")
+}
+
+/// Default leader timings (3 s): join, routing, OFFLINE detection within
+/// server_timeout + 1 s, rejoin as RECOVERING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_join_route_to_the_master_and_go_offline() {
+    let leaders = Leaders::start(3, &[]);
+    let lc = leader_client(&leaders);
+    let t0 = Instant::now();
+    let mut ds: Vec<Dataserver> = (1..=3).map(|id| dataserver(&leaders, id, &[])).collect();
+    let map = wait_map(&lc, Duration::from_secs(15), "three ACTIVE members", |m| {
+        all_active(m, &[1, 2, 3])
+    })
+    .await;
+    println!("3 dataservers ACTIVE after {:?}", t0.elapsed());
+    let g = map.group("group1").expect("group1");
+    let master = g.master.expect("a master");
+    assert_eq!(g.members, vec![1, 2, 3]);
+    let master_addr = addr_of(&map, master);
+    let slave = (1..=3).find(|id| *id != master).expect("a slave");
+    let slave_addr = addr_of(&map, slave);
+    // The advertised address is the listen address.
+    assert_eq!(master_addr, ds[master as usize - 1].addr);
+
+    // Writes go through the master...
+    let file = upload_ok(master_addr, b"hello cluster").await;
+    let mut c = RawConn::connect(master_addr).await;
+    assert_eq!(
+        c.download(&file).await.expect("read back"),
+        b"hello cluster"
+    );
+    // ...a slave points at it, and still answers pings.
+    let e = try_upload(slave_addr, b"nope").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotMaster, "{e}");
+    assert!(e.message.contains(&format!("master={master_addr}")), "{e}");
+    let e = call_epoch(
+        slave_addr,
+        Request::Stat {
+            file_id: file.clone(),
+        },
+        0,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotMaster, "reads too: {e}");
+    assert!(matches!(
+        call_epoch(slave_addr, Request::Ping, 0).await,
+        Ok(Reply::Pong { .. })
+    ));
+    // Epochs: the current one passes, a newer one means this server's map
+    // is behind (stale ones: see the failover test).
+    let stat = |epoch| {
+        call_epoch(
+            master_addr,
+            Request::Stat {
+                file_id: file.clone(),
+            },
+            epoch,
+        )
+    };
+    assert!(matches!(stat(g.epoch).await, Ok(Reply::Stat(_))));
+    let e = stat(g.epoch + 1).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
+
+    // SIGKILL a slave: OFFLINE within server_timeout (3 s) + 1 s.
+    let killed = slave;
+    ds[killed as usize - 1].kill();
+    let t_kill = Instant::now();
+    wait_map(&lc, Duration::from_secs(4), "killed slave OFFLINE", |m| {
+        status_of(m, killed) == Some(ServerStatus::Offline)
+    })
+    .await;
+    let detected = t_kill.elapsed();
+    println!("OFFLINE detected {detected:?} after SIGKILL (server_timeout 3 s)");
+    assert!(detected <= Duration::from_secs(4));
+
+    // It comes back RECOVERING; without replication it cannot catch up with
+    // the master's write, so it stays there (not ACTIVE).
+    ds[killed as usize - 1].restart();
+    let m = wait_map(&lc, Duration::from_secs(5), "rejoined", |m| {
+        status_of(m, killed) == Some(ServerStatus::Recovering)
+    })
+    .await;
+    assert_eq!(m.group("group1").and_then(|g| g.master), Some(master));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let m = lc.get_map(true).await.expect("map");
+    assert_eq!(status_of(&m, killed), Some(ServerStatus::Recovering));
+    let e = try_upload(ds[killed as usize - 1].addr, b"x")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotMaster, "{e}");
+}
+
+/// Fast timings: SIGKILL the master, a slave takes over at a higher epoch
+/// and accepts writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_master_appoints_a_new_one() {
+    let leaders = Leaders::start(3, FAST);
+    let lc = leader_client(&leaders);
+    let mut ds: Vec<Dataserver> = (1..=3)
+        .map(|id| dataserver(&leaders, id, &["--heartbeat-ms", "300"]))
+        .collect();
+    let map = wait_map(&lc, Duration::from_secs(15), "three ACTIVE members", |m| {
+        all_active(m, &[1, 2, 3])
+    })
+    .await;
+    let g = map.group("group1").expect("group1").clone();
+    let old = g.master.expect("a master");
+    upload_ok(addr_of(&map, old), b"before failover").await;
+
+    ds[old as usize - 1].kill();
+    let t_kill = Instant::now();
+    let m = wait_map(&lc, Duration::from_secs(10), "a new master", |m| {
+        m.group("group1")
+            .is_some_and(|ng| ng.master.is_some_and(|x| x != old) && ng.epoch > g.epoch)
+    })
+    .await;
+    let appointed = t_kill.elapsed();
+    let ng = m.group("group1").expect("group1");
+    let new = ng.master.expect("new master");
+    let new_addr = addr_of(&m, new);
+    // The new master serves once it holds its lease.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let file = loop {
+        match try_upload(new_addr, b"after failover").await {
+            Ok(Reply::Stat(s)) => break s.file_id,
+            Err(e) if Instant::now() < deadline => {
+                assert!(
+                    matches!(e.code, ErrorCode::Unavailable | ErrorCode::NotMaster),
+                    "{e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("new master refused writes: {other:?}"),
+        }
+    };
+    println!(
+        "failover: new master {new} (epoch {} -> {}) appointed {appointed:?} after SIGKILL, \
+         writable after {:?} (server_timeout 1 s, lease 1.5 s)",
+        g.epoch,
+        ng.epoch,
+        t_kill.elapsed()
+    );
+    assert!(file.starts_with("group1/"));
+    // The remaining slave follows the new master.
+    let other = (1..=3).find(|id| *id != old && *id != new).expect("slave");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let e = try_upload(addr_of(&m, other), b"x").await.unwrap_err();
+        if e.code == ErrorCode::NotMaster && e.message.contains(&format!("master={new_addr}")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slave still says {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A request still carrying the old epoch is stale at the new master.
+    let e = call_epoch(new_addr, Request::Stat { file_id: file }, g.epoch)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::StaleEpoch);
+    assert_eq!(
+        e.message,
+        format!("stale epoch {}, current {}", g.epoch, ng.epoch)
+    );
+}
+
+/// A master that cannot reach the leaders stops serving within its lease,
+/// and serves again once they are back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_cut_off_from_the_leaders_stops_within_its_lease() {
+    let leaders = Leaders::start(3, FAST);
+    let lc = leader_client(&leaders);
+    let mut ds = dataserver(&leaders, 1, &["--heartbeat-ms", "300"]);
+    wait_map(&lc, Duration::from_secs(15), "single master", |m| {
+        all_active(m, &[1])
+    })
+    .await;
+    // Serving (wait for the first lease).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while try_upload(ds.addr, b"x").await.is_err() {
+        assert!(Instant::now() < deadline, "master never served");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    leaders.suspend_all();
+    let t_cut = Instant::now();
+    let refused = loop {
+        match try_upload(ds.addr, b"while cut off").await {
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+        assert!(
+            t_cut.elapsed() < FAST_LEASE + Duration::from_secs(2),
+            "still serving long after the lease"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let stopped = t_cut.elapsed();
+    println!("master stopped serving {stopped:?} after the leaders were cut off (lease 1.5 s)");
+    assert_eq!(refused.code, ErrorCode::Unavailable, "{refused}");
+    assert!(
+        refused.message.contains("master lease expired"),
+        "{refused}"
+    );
+    // The lease counts from the last heartbeat sent, which is before the cut.
+    assert!(
+        stopped <= FAST_LEASE + Duration::from_millis(100),
+        "{stopped:?}"
+    );
+    // Pings still answer.
+    assert!(matches!(
+        call_epoch(ds.addr, Request::Ping, 0).await,
+        Ok(Reply::Pong { .. })
+    ));
+
+    leaders.resume_all();
+    let t_back = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match try_upload(ds.addr, b"back").await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never served again: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    println!(
+        "serving again {:?} after the leaders resumed",
+        t_back.elapsed()
+    );
+    // SIGTERM stops heartbeats and the server cleanly.
+    assert!(ds.stop(), "clean exit on SIGTERM: {}", ds.log_text());
+    assert!(ds.log_text().contains("stopped"));
+}
+
+/// A server starts before any leader: it retries, refuses data requests
+/// meanwhile, and joins once they are up. A duplicate id is refused and the
+/// process exits non-zero with the leader's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_once_leaders_appear_and_a_refused_join_is_fatal() {
+    // Reserve the leaders' addresses, start the dataserver first.
+    let mut leaders = Leaders::prepare(3, FAST);
+    let lc = leader_client(&leaders);
+    let ds = dataserver(&leaders, 1, &["--heartbeat-ms", "300"]);
+    let e = try_upload(ds.addr, b"too early").await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
+    assert!(e.message.contains("not joined"), "{e}");
+    leaders.start_all();
+    wait_map(
+        &lc,
+        Duration::from_secs(15),
+        "joined after leaders came up",
+        |m| all_active(m, &[1]),
+    )
+    .await;
+    assert!(
+        ds.log_text().contains("joined the cluster"),
+        "{}",
+        ds.log_text()
+    );
+
+    // Same id, another address: refused, exit non-zero.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("refused.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let mut child = Command::new(testkit::bin("chorus-dataserver"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .arg("--listen")
+        .arg(testkit::free_addr().to_string())
+        .arg("--server-id")
+        .arg("1")
+        .arg("--reserved-space")
+        .arg("16MiB")
+        .arg("--leaders")
+        .arg(leaders.addrs().join(","))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("a refused join did not end the process");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let stderr = std::fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(!status.success(), "a refused join must fail: {stderr}");
+    assert!(stderr.contains("duplicate server id 1"), "{stderr}");
+}
