@@ -33,13 +33,11 @@ pub struct LogStore {
 impl LogStore {
     /// Open (or create) the log database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(redb::Error::from)?;
-        let txn = db.begin_write().map_err(redb::Error::from)?;
-        {
-            txn.open_table(LOG).map_err(redb::Error::from)?;
-            txn.open_table(META).map_err(redb::Error::from)?;
-        }
-        txn.commit().map_err(redb::Error::from)?;
+        let db = super::open_database(path, |txn| {
+            txn.open_table(LOG)?;
+            txn.open_table(META)?;
+            Ok(())
+        })?;
         Ok(LogStore { db: Arc::new(db) })
     }
 

@@ -44,6 +44,49 @@ impl From<redb::Error> for StoreError {
     }
 }
 
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Db(Box::new(redb::Error::Io(e)))
+    }
+}
+
+/// Open the redb database at `path`, creating it atomically when it does
+/// not exist: it is built as `<path>.new` with `init` run in one committed
+/// transaction, fsynced, renamed into place and the directory fsynced. A
+/// process killed while creating leaves only a `.new` file behind, which the
+/// next start discards, never a half-written database.
+pub(crate) fn open_database(
+    path: &Path,
+    init: impl Fn(&redb::WriteTransaction) -> Result<(), redb::Error>,
+) -> Result<redb::Database, StoreError> {
+    if !path.exists() {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".new");
+        let tmp = std::path::PathBuf::from(tmp);
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        {
+            let db = redb::Database::create(&tmp).map_err(redb::Error::from)?;
+            let txn = db.begin_write().map_err(redb::Error::from)?;
+            init(&txn)?;
+            txn.commit().map_err(redb::Error::from)?;
+        }
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+    }
+    let db = redb::Database::create(path).map_err(redb::Error::from)?;
+    let txn = db.begin_write().map_err(redb::Error::from)?;
+    init(&txn)?;
+    txn.commit().map_err(redb::Error::from)?;
+    Ok(db)
+}
+
 /// Starting or running the Raft node failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RaftStartError {

@@ -121,12 +121,10 @@ where
 impl StateMachineStore {
     /// Open (or create) the state database at `path` and load its state.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path).map_err(redb::Error::from)?;
-        let txn = db.begin_write().map_err(redb::Error::from)?;
-        {
-            txn.open_table(SM).map_err(redb::Error::from)?;
-        }
-        txn.commit().map_err(redb::Error::from)?;
+        let db = super::open_database(path, |txn| {
+            txn.open_table(SM)?;
+            Ok(())
+        })?;
         let state: SmState = read_key(&db, KEY_STATE)?.unwrap_or_default();
         let publisher = MapPublisher::new(state.map.clone());
         Ok(StateMachineStore {

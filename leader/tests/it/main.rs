@@ -478,3 +478,28 @@ async fn failover_and_remove() {
     })
     .await;
 }
+
+/// A leader SIGKILLed at any moment of its first start (while it creates
+/// its stores) starts again from what it left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_first_start_restarts_cleanly() {
+    let mut c = harness::Cluster::start(1, &[]);
+    for delay_ms in [1u64, 3, 6, 10, 15, 25, 40, 80] {
+        c.kill(0);
+        let _ = std::fs::remove_dir_all(&c.leaders[0].dir);
+        c.spawn(0);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        c.kill(0);
+        c.spawn(0);
+        bounded(Duration::from_secs(20), async {
+            c.wait_leader(Duration::from_secs(15)).await;
+        })
+        .await;
+        let map = c.client().get_map(true).await;
+        assert!(
+            map.is_ok(),
+            "leader killed {delay_ms} ms into its first start did not recover: {map:?}\n{}",
+            c.log_of(0)
+        );
+    }
+}
