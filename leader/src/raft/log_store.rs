@@ -34,8 +34,8 @@ impl LogStore {
     /// Open (or create) the log database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = super::open_database(path, |txn| {
-            txn.open_table(LOG)?;
-            txn.open_table(META)?;
+            txn.open_table(LOG).map_err(redb::Error::from)?;
+            txn.open_table(META).map_err(redb::Error::from)?;
             Ok(())
         })?;
         Ok(LogStore { db: Arc::new(db) })

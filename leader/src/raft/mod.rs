@@ -57,7 +57,7 @@ impl From<std::io::Error> for StoreError {
 /// next start discards, never a half-written database.
 pub(crate) fn open_database(
     path: &Path,
-    init: impl Fn(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    init: impl Fn(&redb::WriteTransaction) -> Result<(), StoreError>,
 ) -> Result<redb::Database, StoreError> {
     if !path.exists() {
         let mut tmp = path.as_os_str().to_owned();

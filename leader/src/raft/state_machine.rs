@@ -122,7 +122,7 @@ impl StateMachineStore {
     /// Open (or create) the state database at `path` and load its state.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = super::open_database(path, |txn| {
-            txn.open_table(SM)?;
+            txn.open_table(SM).map_err(redb::Error::from)?;
             Ok(())
         })?;
         let state: SmState = read_key(&db, KEY_STATE)?.unwrap_or_default();
