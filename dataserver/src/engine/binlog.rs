@@ -3,13 +3,27 @@
 //!
 //! Frame: `len u32 LE | crc32(payload) u32 LE | payload (len bytes)`.
 //! Payload: `version u64 | op u8 (ASCII) | file_id (u16 len + bytes) |
-//! file_version u64 | has_state u8 | [file state, see index.rs] | patch u64`.
+//! file_version u64 | has_state u8 | [file state, see index.rs] | patch u64 |
+//! committed u64`. `committed` (absent in records written before it was
+//! introduced: read as `version`) is the commit watermark when the record
+//! was built: the data of every version <= `committed` was durable then.
+//! A record with op `V` (void) is a record that recovery cancelled because
+//! its small-file data never became durable (see `recovery.rs`): same
+//! length as the original, no state, zero padding after `committed`.
 //! Versions are consecutive; the first invalid frame (short, bad crc, bad
 //! length, version out of sequence) ends the log: it is cut there at start.
+//!
+//! Voiding rewrites frames in place, so it goes through an intent file
+//! `binlog/void.intent` (`"CHVOID01" | count u32 | count × (segment file
+//! name (u16 len + bytes) | offset u64 | frame len u32 | frame) | crc32 of
+//! everything before it`, installed by
+//! tmp + fsync + rename + directory fsync), redone at start if present: a
+//! crash in the middle of voiding never leaves a torn frame behind.
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +51,8 @@ pub mod op {
     pub const TRUNCATE: u8 = b'T';
     pub const DELETE: u8 = b'D';
     pub const SET_META: u8 = b'S';
+    /// A cancelled record (its data never became durable): a no-op.
+    pub const VOID: u8 = b'V';
 }
 
 /// One decoded binlog record.
@@ -54,8 +70,15 @@ pub struct BinlogRecord {
     pub raw: Bytes,
     pub(crate) state: Option<Entry>,
     pub(crate) patch: u64,
+    /// Commit watermark when the record was built (see the module docs).
+    pub(crate) committed: u64,
+    /// Offset of the frame in its segment.
+    pub(crate) at: u64,
 }
 
+/// A frame with `committed = version` (a record whose own data, if any,
+/// is durable and which follows only committed records).
+#[cfg(test)]
 pub(crate) fn encode(
     version: u64,
     op: u8,
@@ -64,7 +87,19 @@ pub(crate) fn encode(
     state: Option<&Entry>,
     patch: u64,
 ) -> Vec<u8> {
-    let mut e = Enc::with_capacity(128);
+    encode_committed(version, op, file_id, file_version, state, patch, version)
+}
+
+pub(crate) fn encode_committed(
+    version: u64,
+    op: u8,
+    file_id: &str,
+    file_version: u64,
+    state: Option<&Entry>,
+    patch: u64,
+    committed: u64,
+) -> Vec<u8> {
+    let mut e = Enc::with_capacity(160);
     e.u32(0);
     e.u32(0);
     e.u64(version);
@@ -79,11 +114,37 @@ pub(crate) fn encode(
         None => e.u8(0),
     }
     e.u64(patch);
-    let len = (e.buf.len() - FRAME_HEADER) as u32;
-    let crc = crc32fast::hash(&e.buf[FRAME_HEADER..]);
-    e.buf[0..4].copy_from_slice(&len.to_le_bytes());
-    e.buf[4..8].copy_from_slice(&crc.to_le_bytes());
-    e.buf
+    e.u64(committed);
+    seal(e.buf)
+}
+
+/// Fill in the frame header of `buf` (header placeholder + payload).
+fn seal(mut buf: Vec<u8>) -> Vec<u8> {
+    let len = (buf.len() - FRAME_HEADER) as u32;
+    let crc = crc32fast::hash(&buf[FRAME_HEADER..]);
+    buf[0..4].copy_from_slice(&len.to_le_bytes());
+    buf[4..8].copy_from_slice(&crc.to_le_bytes());
+    buf
+}
+
+/// A void frame exactly as long as `rec`'s, or `None` when it would not fit
+/// (only records with a state are voided, and those always leave room).
+pub(crate) fn encode_void(rec: &BinlogRecord) -> Option<Vec<u8>> {
+    let mut e = Enc::with_capacity(rec.raw.len());
+    e.u32(0);
+    e.u32(0);
+    e.u64(rec.version);
+    e.u8(op::VOID);
+    e.str16(&rec.file_id);
+    e.u64(rec.file_version);
+    e.u8(0);
+    e.u64(0);
+    e.u64(rec.committed);
+    if e.buf.len() > rec.raw.len() {
+        return None;
+    }
+    e.buf.resize(rec.raw.len(), 0);
+    Some(seal(e.buf))
 }
 
 fn decode_payload(p: &[u8], raw: Bytes) -> Result<BinlogRecord, DecodeError> {
@@ -98,7 +159,12 @@ fn decode_payload(p: &[u8], raw: Bytes) -> Result<BinlogRecord, DecodeError> {
         _ => return Err(DecodeError("bad state flag")),
     };
     let patch = d.u64()?;
-    if d.remaining() != 0 {
+    let committed = if d.remaining() >= 8 {
+        d.u64()?
+    } else {
+        version
+    };
+    if d.remaining() != 0 && op != op::VOID {
         return Err(DecodeError("trailing bytes"));
     }
     Ok(BinlogRecord {
@@ -109,6 +175,8 @@ fn decode_payload(p: &[u8], raw: Bytes) -> Result<BinlogRecord, DecodeError> {
         raw,
         state,
         patch,
+        committed,
+        at: 0,
     })
 }
 
@@ -130,9 +198,10 @@ fn parse(buf: &[u8], mut prev: u64) -> (Vec<BinlogRecord>, usize) {
         if crc32fast::hash(payload) != crc {
             break;
         }
-        let Ok(rec) = decode_payload(payload, whole.slice(pos..end)) else {
+        let Ok(mut rec) = decode_payload(payload, whole.slice(pos..end)) else {
             break;
         };
+        rec.at = pos as u64;
         if prev != 0 && rec.version != prev + 1 {
             break;
         }
@@ -175,13 +244,14 @@ pub(crate) struct Recovered {
 }
 
 /// Read the whole binlog, cut a torn tail, and feed every record with a
-/// version above `after` to `f`, in order.
+/// version above `after` to `f` with its segment's path, in order.
 pub(crate) fn recover(
     dir: &Path,
     after: u64,
-    mut f: impl FnMut(BinlogRecord),
+    mut f: impl FnMut(BinlogRecord, &Path),
 ) -> io::Result<Recovered> {
     std::fs::create_dir_all(dir)?;
+    redo_voids(dir)?;
     let segs = segments(dir)?;
     let mut last = 0u64;
     let mut tail = None;
@@ -212,7 +282,7 @@ pub(crate) fn recover(
         for r in recs {
             last = r.version;
             if r.version > after {
-                f(r);
+                f(r, path);
             }
         }
         if valid < buf.len() {
@@ -235,6 +305,97 @@ pub(crate) fn recover(
     Ok(Recovered { last, tail })
 }
 
+const VOID_INTENT: &str = "void.intent";
+const VOID_INTENT_TMP: &str = "void.intent.tmp";
+const VOID_MAGIC: &[u8; 8] = b"CHVOID01";
+
+/// One frame to replace in place: segment path, offset, new frame.
+pub(crate) type VoidFrame = (PathBuf, u64, Vec<u8>);
+
+/// Replace frames with void frames of the same length, crash-safely: the
+/// intent is made durable first and redone at start if we crash midway.
+pub(crate) fn void_frames(dir: &Path, voids: &[VoidFrame]) -> io::Result<()> {
+    if voids.is_empty() {
+        return Ok(());
+    }
+    let intent = write_void_intent(dir, voids)?;
+    apply_void_intent(dir, &intent)
+}
+
+/// Make the intent to void `voids` durable; returns its bytes.
+fn write_void_intent(dir: &Path, voids: &[VoidFrame]) -> io::Result<Vec<u8>> {
+    let mut e = Enc::default();
+    e.buf.extend_from_slice(VOID_MAGIC);
+    e.u32(voids.len() as u32);
+    for (path, at, frame) in voids {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| io::Error::other("binlog segment without a name"))?;
+        e.str16(name);
+        e.u64(*at);
+        e.u32(frame.len() as u32);
+        e.buf.extend_from_slice(frame);
+    }
+    let crc = crc32fast::hash(&e.buf);
+    e.u32(crc);
+    let tmp = dir.join(VOID_INTENT_TMP);
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&e.buf)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(VOID_INTENT))?;
+    disk::sync_dir(dir)?;
+    Ok(e.buf)
+}
+
+/// Redo an interrupted [`void_frames`].
+fn redo_voids(dir: &Path) -> io::Result<()> {
+    let _ = std::fs::remove_file(dir.join(VOID_INTENT_TMP));
+    let buf = match std::fs::read(dir.join(VOID_INTENT)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    warn!("redoing an interrupted binlog void");
+    apply_void_intent(dir, &buf)
+}
+
+fn apply_void_intent(dir: &Path, buf: &[u8]) -> io::Result<()> {
+    let bad =
+        |m: &'static str| io::Error::new(io::ErrorKind::InvalidData, format!("void intent: {m}"));
+    if buf.len() < VOID_MAGIC.len() + 8 || &buf[..8] != VOID_MAGIC {
+        return Err(bad("bad header"));
+    }
+    let (body, tail) = buf.split_at(buf.len() - 4);
+    if crc32fast::hash(body) != u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) {
+        // Installed by rename after an fsync, so this is damage, not a
+        // torn write: refuse to guess.
+        return Err(bad("crc mismatch"));
+    }
+    let mut d = Dec::new(&body[8..]);
+    let n = d.u32().map_err(|_| bad("short"))?;
+    let mut touched: Vec<File> = Vec::new();
+    for _ in 0..n {
+        let name = d.str16().map_err(|_| bad("short"))?;
+        let at = d.u64().map_err(|_| bad("short"))?;
+        let len = d.u32().map_err(|_| bad("short"))? as usize;
+        let frame = d.bytes(len).map_err(|_| bad("short"))?;
+        if !name.starts_with("binlog.") || name.contains('/') {
+            return Err(bad("bad segment name"));
+        }
+        let f = OpenOptions::new().write(true).open(dir.join(&name))?;
+        f.write_all_at(frame, at)?;
+        touched.push(f);
+    }
+    for f in &touched {
+        f.sync_data()?;
+    }
+    std::fs::remove_file(dir.join(VOID_INTENT))?;
+    disk::sync_dir(dir)
+}
+
 struct State {
     seg: Arc<File>,
     offset: u64,
@@ -248,7 +409,19 @@ pub(crate) struct Binlog {
     dir: PathBuf,
     disk: DiskThread,
     st: Mutex<State>,
+    /// Every record up to this version is durable (a prefix).
     durable: AtomicU64,
+    /// Versions whose record was sent together with its small-file data
+    /// and whose data is not known to be durable yet (removed by a hook on
+    /// the store path's disk thread, so a dropped future cannot leak one).
+    unsettled: Arc<Mutex<BTreeSet<u64>>>,
+}
+
+/// Outcome of [`Binlog::append_paired`].
+pub(crate) struct Paired {
+    pub version: u64,
+    /// Record and data both durable, or the first error.
+    pub result: io::Result<()>,
 }
 
 fn open_append(path: &Path, create: bool) -> io::Result<File> {
@@ -282,24 +455,81 @@ impl Binlog {
                 pending: BTreeSet::new(),
             }),
             durable: AtomicU64::new(next.saturating_sub(1)),
+            unsettled: Arc::new(Mutex::new(BTreeSet::new())),
         })
     }
 
-    /// Append one record built by `build(version)` and wait until it is
-    /// durable (per policy). The version stays pending until [`Self::applied`].
-    pub async fn append(&self, build: impl FnOnce(u64) -> Vec<u8>) -> io::Result<u64> {
+    /// Every version <= the returned one has its data durable (`u64::MAX`
+    /// when nothing is outstanding).
+    fn settled_through(&self) -> u64 {
+        self.unsettled.lock().first().map_or(u64::MAX, |&f| f - 1)
+    }
+
+    /// Open a new segment when the current one is full (under the lock).
+    fn rotate(&self, st: &mut State) -> io::Result<()> {
+        if st.offset >= SEGMENT_MAX {
+            let path = seg_path(&self.dir, st.next);
+            let f = open_append(&path, true)?;
+            disk::sync_dir(&self.dir)?;
+            st.seg = Arc::new(f);
+            st.offset = 0;
+        }
+        Ok(())
+    }
+
+    /// Append one record built by `build(version, committed)` together with
+    /// its small-file data `data(version)`: both go to the binlog disk
+    /// thread as one request, are written in the same batch and their
+    /// fdatasyncs are in flight together (one fsync round); the result is
+    /// `Ok` only when both are durable. The version is unsettled until then
+    /// (a hook on the disk thread settles it, so a dropped future cannot
+    /// leave it unsettled) and pending until [`Self::applied`].
+    pub async fn append_paired(
+        &self,
+        build: impl FnOnce(u64, u64) -> Vec<u8>,
+        data: impl FnOnce(u64) -> disk::Target,
+    ) -> io::Result<Paired> {
         let permit = self.disk.permit().await?;
         let (v, rx) = {
             let mut st = self.st.lock();
+            self.rotate(&mut st)?;
             let v = st.next;
-            let frame = build(v);
-            if st.offset >= SEGMENT_MAX {
-                let path = seg_path(&self.dir, v);
-                let f = open_append(&path, true)?;
-                disk::sync_dir(&self.dir)?;
-                st.seg = Arc::new(f);
-                st.offset = 0;
-            }
+            let committed = {
+                let mut u = self.unsettled.lock();
+                u.insert(v);
+                u.first().map_or(v, |&f| f - 1)
+            };
+            let frame = build(v, committed);
+            let unsettled = self.unsettled.clone();
+            let hook: disk::Hook = Box::new(move |ok| {
+                if ok {
+                    unsettled.lock().remove(&v);
+                }
+            });
+            let off = st.offset;
+            st.offset += frame.len() as u64;
+            st.next = v + 1;
+            st.pending.insert(v);
+            let targets = vec![data(v), (st.seg.clone(), vec![(off, Bytes::from(frame))])];
+            (v, self.disk.send_multi(permit, targets, true, Some(hook)))
+        };
+        let result = disk::wait(rx).await;
+        if result.is_ok() {
+            self.durable.fetch_max(v, Ordering::AcqRel);
+        }
+        Ok(Paired { version: v, result })
+    }
+
+    /// Append one record built by `build(version, committed)` and wait
+    /// until it is durable (per policy). For records whose data (if any) is
+    /// already durable. The version stays pending until [`Self::applied`].
+    pub async fn append(&self, build: impl FnOnce(u64, u64) -> Vec<u8>) -> io::Result<u64> {
+        let permit = self.disk.permit().await?;
+        let (v, rx) = {
+            let mut st = self.st.lock();
+            self.rotate(&mut st)?;
+            let v = st.next;
+            let frame = build(v, self.settled_through().min(v));
             let off = st.offset;
             st.offset += frame.len() as u64;
             st.next = v + 1;
@@ -331,8 +561,12 @@ impl Binlog {
         }
     }
 
+    /// Every version up to the returned one has a durable record and
+    /// durable data (records up to it are never voided by recovery).
     pub fn durable_version(&self) -> u64 {
-        self.durable.load(Ordering::Acquire)
+        self.durable
+            .load(Ordering::Acquire)
+            .min(self.settled_through())
     }
 
     pub fn disk(&self) -> &DiskThread {
@@ -368,6 +602,38 @@ impl Binlog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn voiding_is_redone_after_a_crash_midway() {
+        let dir = tempfile::tempdir().unwrap();
+        let seg = seg_path(dir.path(), 1);
+        let mut log = Vec::new();
+        for v in 1..=3u64 {
+            log.extend(encode(v, op::DELETE, "g1/M00/00/00/x", v, None, 0));
+        }
+        std::fs::write(&seg, &log).unwrap();
+        let (recs, _) = parse(&log, 0);
+        let frame = encode_void(&recs[1]).unwrap();
+        assert_eq!(frame.len(), recs[1].raw.len());
+        // Crash after the intent, with the frame half rewritten.
+        write_void_intent(dir.path(), &[(seg.clone(), recs[1].at, frame.clone())]).unwrap();
+        let half = 10; // the new crc, the old op
+        let f = OpenOptions::new().write(true).open(&seg).unwrap();
+        f.write_all_at(&frame[..half], recs[1].at).unwrap();
+        assert_eq!(parse(&std::fs::read(&seg).unwrap(), 0).0.len(), 1, "torn");
+        let mut got = Vec::new();
+        let rec = recover(dir.path(), 0, |r, _| got.push((r.version, r.op))).unwrap();
+        assert_eq!(got, vec![(1, op::DELETE), (2, op::VOID), (3, op::DELETE)]);
+        assert_eq!(rec.last, 3);
+        assert!(!dir.path().join(VOID_INTENT).exists());
+        // Old-format records (no watermark) read as committed through
+        // themselves.
+        let mut old = encode(4, op::DELETE, "g1/x", 4, None, 0);
+        old.truncate(old.len() - 8);
+        let old = seal(old);
+        let (r, n) = parse(&old, 0);
+        assert_eq!((r.len(), n, r[0].committed), (1, old.len(), 4));
+    }
 
     #[test]
     fn parse_stops_at_torn_frame() {

@@ -7,7 +7,7 @@
 //! 4   format = 1          u8
 //! 5   flags (bit0 appender) u8
 //! 6   file id length      u16   (<= 88)
-//! 8   file version        u64   (version the record was written with)
+//! 8   data version        u64   (of the binlog record written with it)
 //! 16  data length         u64   (length when the record was written)
 //! 24  capacity            u64
 //! 32  crc32 of the data   u32   (over `data length` bytes)
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use super::disk::{self, DiskThread};
-use super::space::{Extent, FreeList};
+use super::space::{Extent, FreeList, FsSpace};
 
 pub(crate) const HEADER_LEN: u64 = 128;
 const MAGIC: &[u8; 4] = b"CHRC";
@@ -112,6 +112,8 @@ pub(crate) struct Store {
     pub chunks: RwLock<Vec<Option<Arc<File>>>>,
     pub free: Arc<Mutex<FreeList>>,
     pub disk: DiskThread,
+    /// Cached free space of the file system.
+    pub space: FsSpace,
 }
 
 pub(crate) fn chunk_name(n: u32) -> String {

@@ -2,6 +2,11 @@
 //! serves write/sync requests sent over a crossbeam channel. The thread takes
 //! one request, drains whatever else is waiting, submits every write, then one
 //! fdatasync per touched file (group commit), then completes every waiter.
+//! A request may name several files (a paired commit: a chunk record and its
+//! binlog record): they are written in the same batch, their fdatasyncs are
+//! in flight on the ring together, and the request succeeds only if all do.
+//! An optional hook runs on the thread with the outcome, even when the
+//! waiting future is gone.
 //!
 //! Buffers are `Bytes` owned by the request until its completion arrives, so
 //! a dropped future never frees memory the kernel is still writing.
@@ -45,11 +50,19 @@ pub(crate) struct DiskStats {
     pub batches: AtomicU64,
 }
 
+/// Called by the disk thread once a request's outcome is known (`true`:
+/// written and, if asked, durable), even when its waiter is gone.
+pub(crate) type Hook = Box<dyn FnOnce(bool) + Send>;
+
+/// Pieces to write into one file.
+pub(crate) type Target = (Arc<File>, Vec<(u64, Bytes)>);
+
 struct WriteReq {
-    file: Arc<File>,
-    pieces: Vec<(u64, Bytes)>,
+    /// Usually one file; a paired commit writes two (binlog and chunk).
+    targets: Vec<Target>,
     sync: bool,
     done: oneshot::Sender<io::Result<()>>,
+    hook: Option<Hook>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -146,16 +159,33 @@ impl DiskThread {
         pieces: Vec<(u64, Bytes)>,
         sync: bool,
     ) -> oneshot::Receiver<io::Result<()>> {
+        self.send_multi(permit, vec![(file, pieces)], sync, None)
+    }
+
+    /// Like [`Self::send`] for several files at once (written in the same
+    /// batch, their fdatasyncs in flight together); the request succeeds
+    /// only if every target does. `hook` runs on the disk thread with the
+    /// outcome (also when the receiver was dropped).
+    pub fn send_multi(
+        &self,
+        permit: OwnedSemaphorePermit,
+        targets: Vec<Target>,
+        sync: bool,
+        hook: Option<Hook>,
+    ) -> oneshot::Receiver<io::Result<()>> {
         let (done, rx) = oneshot::channel();
         let req = WriteReq {
-            file,
-            pieces,
+            targets,
             sync: sync && self.policy == FsyncPolicy::Always,
             done,
+            hook,
             _permit: permit,
         };
         if let Err(e) = self.tx.send(Req::Write(req)) {
             if let Req::Write(w) = e.into_inner() {
+                if let Some(h) = w.hook {
+                    h(false);
+                }
                 let _ = w.done.send(Err(io::Error::other("disk thread stopped")));
             }
         }
@@ -213,6 +243,7 @@ struct Worker {
 /// part of a buffer owned by the request.
 struct Piece {
     req: usize,
+    file: Arc<File>,
     fd: i32,
     offset: u64,
     buf: Bytes,
@@ -285,14 +316,17 @@ impl Worker {
         let mut results: Vec<io::Result<()>> = (0..batch.len()).map(|_| Ok(())).collect();
         let mut pieces = Vec::new();
         for (i, w) in batch.iter().enumerate() {
-            for (off, buf) in &w.pieces {
-                if !buf.is_empty() {
-                    pieces.push(Piece {
-                        req: i,
-                        fd: w.file.as_raw_fd(),
-                        offset: *off,
-                        buf: buf.clone(),
-                    });
+            for (file, ps) in &w.targets {
+                for (off, buf) in ps {
+                    if !buf.is_empty() {
+                        pieces.push(Piece {
+                            req: i,
+                            file: file.clone(),
+                            fd: file.as_raw_fd(),
+                            offset: *off,
+                            buf: buf.clone(),
+                        });
+                    }
                 }
             }
         }
@@ -307,14 +341,14 @@ impl Worker {
                 .into_iter()
                 .partition(|p| p.buf.len() >= DIRECT_WRITE);
             for p in big {
-                if let Err(e) = batch[p.req].file.write_all_at(&p.buf, p.offset) {
+                if let Err(e) = p.file.write_all_at(&p.buf, p.offset) {
                     results[p.req] = Err(e);
                 }
             }
-            self.write_ring(small, &batch, &mut results);
+            self.write_ring(small, &mut results);
         } else {
             for p in pieces {
-                if let Err(e) = batch[p.req].file.write_all_at(&p.buf, p.offset) {
+                if let Err(e) = p.file.write_all_at(&p.buf, p.offset) {
                     results[p.req] = Err(e);
                 }
             }
@@ -323,14 +357,16 @@ impl Worker {
         let mut to_sync: Vec<Arc<File>> = Vec::new();
         let mut seen: HashMap<i32, usize> = HashMap::new();
         for (i, w) in batch.iter().enumerate() {
-            let fd = w.file.as_raw_fd();
-            if w.sync {
-                if results[i].is_ok() && !seen.contains_key(&fd) {
-                    seen.insert(fd, to_sync.len());
-                    to_sync.push(w.file.clone());
+            for (file, ps) in &w.targets {
+                let fd = file.as_raw_fd();
+                if w.sync {
+                    if results[i].is_ok() && !seen.contains_key(&fd) {
+                        seen.insert(fd, to_sync.len());
+                        to_sync.push(file.clone());
+                    }
+                } else if self.policy == FsyncPolicy::Batch && !ps.is_empty() {
+                    self.dirty.insert(fd, file.clone());
                 }
-            } else if self.policy == FsyncPolicy::Batch && !w.pieces.is_empty() {
-                self.dirty.insert(fd, w.file.clone());
             }
         }
         if !to_sync.is_empty() {
@@ -339,10 +375,11 @@ impl Worker {
                 if !w.sync || results[i].is_err() {
                     continue;
                 }
-                let fd = w.file.as_raw_fd();
-                if let Some(&k) = seen.get(&fd) {
-                    if let Err(e) = &res[k] {
-                        results[i] = Err(io::Error::new(e.kind(), format!("fdatasync: {e}")));
+                for (file, _) in &w.targets {
+                    if let Some(&k) = seen.get(&file.as_raw_fd()) {
+                        if let Err(e) = &res[k] {
+                            results[i] = Err(io::Error::new(e.kind(), format!("fdatasync: {e}")));
+                        }
                     }
                 }
             }
@@ -353,6 +390,9 @@ impl Worker {
             }
         }
         for (w, r) in batch.into_iter().zip(results) {
+            if let Some(h) = w.hook {
+                h(r.is_ok());
+            }
             let _ = w.done.send(r);
         }
     }
@@ -415,12 +455,7 @@ impl Worker {
         out
     }
 
-    fn write_ring(
-        &mut self,
-        pieces: Vec<Piece>,
-        batch: &[WriteReq],
-        results: &mut [io::Result<()>],
-    ) {
+    fn write_ring(&mut self, pieces: Vec<Piece>, results: &mut [io::Result<()>]) {
         let Some(ring) = self.ring.as_mut() else {
             return;
         };
@@ -435,6 +470,7 @@ impl Worker {
                     let rest = p.buf.split_off(MAX_SQE_LEN);
                     queue.push_front(Piece {
                         req: p.req,
+                        file: p.file.clone(),
                         fd: p.fd,
                         offset: p.offset + MAX_SQE_LEN as u64,
                         buf: rest,
@@ -444,8 +480,8 @@ impl Worker {
                     .offset(p.offset)
                     .build()
                     .user_data(inflight.len() as u64);
-                // SAFETY: `p.buf` (kept in `inflight`) and the file (held by
-                // the request in `batch`) outlive the completion we wait for.
+                // SAFETY: `p.buf` and the file (both held by the piece, kept
+                // in `inflight`) outlive the completion we wait for.
                 if unsafe { ring.submission().push(&e) }.is_err() {
                     queue.push_front(p);
                     break;
@@ -459,7 +495,7 @@ impl Worker {
                 warn!(error = %e, "io_uring submit failed; writing with pwrite");
                 drain(ring);
                 for p in inflight.into_iter().chain(queue.drain(..)) {
-                    if let Err(e) = batch[p.req].file.write_all_at(&p.buf, p.offset) {
+                    if let Err(e) = p.file.write_all_at(&p.buf, p.offset) {
                         results[p.req] = Err(e);
                     }
                 }
@@ -493,6 +529,7 @@ impl Worker {
                     } else if (res as usize) < p.buf.len() {
                         queue.push_back(Piece {
                             req: p.req,
+                            file: p.file.clone(),
                             fd: p.fd,
                             offset: p.offset + res as u64,
                             buf: p.buf.slice(res as usize..),
@@ -505,7 +542,7 @@ impl Worker {
             for (k, p) in inflight.iter().enumerate() {
                 if !done[k] {
                     drain(ring);
-                    if let Err(e) = batch[p.req].file.write_all_at(&p.buf, p.offset) {
+                    if let Err(e) = p.file.write_all_at(&p.buf, p.offset) {
                         results[p.req] = Err(e);
                     }
                 }

@@ -1,10 +1,20 @@
 //! Opening the engine: load the checkpoint, replay the binlog tail (cutting
-//! a torn end), rebuild free space from the index, redo committed large-file
-//! steps (patches, committed lengths), remove leftovers, start the threads.
+//! a torn end), settle the records above the commit watermark, rebuild free
+//! space from the index, redo committed large-file steps (patches, committed
+//! lengths), remove leftovers, start the threads.
+//!
+//! Settling: small-file records are committed together with their data in
+//! one fsync round (see `write.rs`), so a record above the largest commit
+//! watermark found in the log may be durable while its data is not. Those
+//! records (the in-flight window at the crash, typically a few dozen) are
+//! held back during replay; per file, the newest one whose data matches its
+//! crc32 (or that has no small-file data) wins, and every newer one of that
+//! file is voided in the log (rewritten in place as an op `V` frame through
+//! a durable intent file), so it stays cancelled after later restarts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -13,14 +23,14 @@ use parking_lot::{Mutex, RwLock};
 use proto::FileId;
 use tracing::{error, info, warn};
 
-use super::binlog::{self, op, Binlog};
+use super::binlog::{self, op, Binlog, BinlogRecord};
 use super::checkpoint;
-use super::chunk::{open_rw, parse_chunk_name, Store, HEADER_LEN};
+use super::chunk::{chunk_name, open_rw, parse_chunk_name, Store, HEADER_LEN};
 use super::disk::{self, probe_io_uring, DiskStats, DiskThread};
 use super::error::{EngineError, IoContext};
 use super::index::{IndexMap, Loc};
 use super::lanes::Lanes;
-use super::space::{Alloc, Extent, FreeList};
+use super::space::{Alloc, Extent, FreeList, FsSpace};
 use super::write::{decode_patch_header, patch_path, PATCH_HEADER};
 use super::{Engine, EngineConfig};
 
@@ -77,31 +87,33 @@ pub(crate) fn open(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
         .unwrap_or_default();
     let mut patches: HashMap<u64, (String, u64)> = HashMap::new();
     let mut replayed = 0u64;
-    let rec = binlog::recover(&bdir, safe, |r| {
+    // Records above the commit watermark wait in `tail` until a later
+    // record's watermark covers them or the log ends.
+    let mut watermark = 0u64;
+    let mut tail: VecDeque<(BinlogRecord, PathBuf)> = VecDeque::new();
+    let rec = binlog::recover(&bdir, safe, |r, path| {
         replayed += 1;
-        let id = match FileId::parse(&r.file_id) {
-            Ok(id) => id,
-            Err(e) => {
-                warn!(version = r.version, error = %e, "binlog record with a bad file id skipped");
-                return;
+        watermark = watermark.max(r.committed);
+        while tail.front().is_some_and(|(t, _)| t.version <= watermark) {
+            if let Some((t, _)) = tail.pop_front() {
+                apply(&mut map, &mut patches, t);
             }
-        };
-        if r.op.to_ascii_uppercase() == op::DELETE {
-            map.remove(&id);
-        } else if let Some(state) = r.state {
-            if r.op.to_ascii_uppercase() == op::MODIFY && r.patch != 0 {
-                patches.insert(r.patch, (r.file_id.clone(), r.version));
-            }
-            map.insert(id, state);
+        }
+        if r.version <= watermark {
+            apply(&mut map, &mut patches, r);
+        } else {
+            tail.push_back((r, path.to_path_buf()));
         }
     })
     .ctx(|| "recovering the binlog".into())?;
+    let voided = settle_tail(&cfg, &bdir, &mut map, &mut patches, tail)?;
     let max_entry = map.values().map(|e| e.version).max().unwrap_or(0);
     let next = rec.last.max(safe).max(max_entry) + 1;
     info!(
         files = map.len(),
         checkpoint = safe,
         replayed,
+        voided,
         next,
         "index recovered"
     );
@@ -149,6 +161,118 @@ pub(crate) fn open(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
         .ctx(|| "starting the checkpoint thread".into())?;
     *engine.ckpt_thread.lock() = Some(t);
     Ok(engine)
+}
+
+/// Replay one record into the index.
+fn apply(map: &mut IndexMap, patches: &mut HashMap<u64, (String, u64)>, r: BinlogRecord) {
+    let id = match FileId::parse(&r.file_id) {
+        Ok(id) => id,
+        Err(e) => {
+            warn!(version = r.version, error = %e, "binlog record with a bad file id skipped");
+            return;
+        }
+    };
+    if r.op.to_ascii_uppercase() == op::DELETE {
+        map.remove(&id);
+    } else if let Some(state) = r.state {
+        if r.op.to_ascii_uppercase() == op::MODIFY && r.patch != 0 {
+            patches.insert(r.patch, (r.file_id.clone(), r.version));
+        }
+        map.insert(id, state);
+    }
+}
+
+/// Resolve the records above the commit watermark (whose small-file data
+/// may not have become durable): per file, the newest record whose data
+/// verifies (or that carries no small-file data) is its final state; every
+/// newer record of that file is voided in the log, older ones are replayed
+/// as superseded history. Returns how many records were voided.
+fn settle_tail(
+    cfg: &EngineConfig,
+    bdir: &Path,
+    map: &mut IndexMap,
+    patches: &mut HashMap<u64, (String, u64)>,
+    tail: VecDeque<(BinlogRecord, PathBuf)>,
+) -> Result<usize, EngineError> {
+    if tail.is_empty() {
+        return Ok(0);
+    }
+    let mut by_file: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (i, (r, _)) in tail.iter().enumerate() {
+        by_file.entry(r.file_id.as_str()).or_default().push(i);
+    }
+    let mut chunks: HashMap<(u8, u32), Option<std::fs::File>> = HashMap::new();
+    let mut void = vec![false; tail.len()];
+    for idxs in by_file.values() {
+        for &i in idxs.iter().rev() {
+            let r = &tail[i].0;
+            if data_intact(cfg, &mut chunks, r) {
+                break;
+            }
+            warn!(
+                version = r.version,
+                file = %r.file_id,
+                "binlog record whose data never became durable; voiding it"
+            );
+            void[i] = true;
+        }
+    }
+    let mut frames = Vec::new();
+    for (i, (r, path)) in tail.iter().enumerate() {
+        if void[i] {
+            let frame = binlog::encode_void(r).ok_or_else(|| {
+                EngineError::Internal(format!("binlog record {} cannot be voided", r.version))
+            })?;
+            frames.push((path.clone(), r.at, frame));
+        }
+    }
+    binlog::void_frames(bdir, &frames).ctx(|| "voiding binlog records".into())?;
+    for (i, (r, _)) in tail.into_iter().enumerate() {
+        if !void[i] {
+            apply(map, patches, r);
+        }
+    }
+    Ok(frames.len())
+}
+
+/// Whether a record's small-file data is on disk as the record says (always
+/// true for records without small-file data).
+fn data_intact(
+    cfg: &EngineConfig,
+    chunks: &mut HashMap<(u8, u32), Option<std::fs::File>>,
+    r: &BinlogRecord,
+) -> bool {
+    let Some(Loc::Small {
+        store,
+        chunk,
+        offset,
+        ..
+    }) = r.state.as_ref().map(|s| s.loc)
+    else {
+        return true;
+    };
+    let Some(state) = &r.state else { return true };
+    let Some(root) = cfg.store_paths.get(store as usize) else {
+        return false;
+    };
+    let f = chunks
+        .entry((store, chunk))
+        .or_insert_with(|| std::fs::File::open(root.join("chunks").join(chunk_name(chunk))).ok());
+    let Some(f) = f else { return false };
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; (state.size as usize).min(1 << 20)];
+    let mut done = 0u64;
+    while done < state.size {
+        let k = (state.size - done).min(buf.len() as u64) as usize;
+        if f.read_exact_at(&mut buf[..k], offset + HEADER_LEN + done)
+            .is_err()
+        {
+            return false;
+        }
+        h.update(&buf[..k]);
+        done += k as u64;
+    }
+    h.finalize() == state.crc32
 }
 
 fn spawn_checkpointer(weak: Weak<Engine>) -> std::io::Result<CheckpointThread> {
@@ -320,6 +444,7 @@ fn open_store(
         chunks: RwLock::new(chunks),
         free,
         disk,
+        space: FsSpace::new(root),
     })
 }
 

@@ -2,9 +2,10 @@
 //! guards) and free space on the file system (statvfs).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -161,6 +162,48 @@ impl Extent {
 impl Drop for Extent {
     fn drop(&mut self) {
         self.free.lock().release(self.chunk, self.offset, self.len);
+    }
+}
+
+/// How long a statvfs result is trusted.
+const SPACE_TTL: Duration = Duration::from_millis(10);
+
+/// Free space of one store path's file system, cached for [`SPACE_TTL`]:
+/// space granted since the last statvfs is subtracted from the cached
+/// figure, so a burst of writes cannot overshoot the reserve by more than
+/// what it writes within one TTL.
+#[derive(Debug)]
+pub(crate) struct FsSpace {
+    root: PathBuf,
+    cached: Mutex<Option<(Instant, u64)>>,
+}
+
+impl FsSpace {
+    pub fn new(root: &Path) -> Self {
+        FsSpace {
+            root: root.to_path_buf(),
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// Available bytes (statvfs at most every [`SPACE_TTL`]).
+    pub fn avail(&self) -> std::io::Result<u64> {
+        let mut c = self.cached.lock();
+        if let Some((at, avail)) = *c {
+            if at.elapsed() < SPACE_TTL {
+                return Ok(avail);
+            }
+        }
+        let (_, avail) = fs_space(&self.root)?;
+        *c = Some((Instant::now(), avail));
+        Ok(avail)
+    }
+
+    /// `n` bytes were granted to a write.
+    pub fn charge(&self, n: u64) {
+        if let Some((_, avail)) = self.cached.lock().as_mut() {
+            *avail = avail.saturating_sub(n);
+        }
     }
 }
 

@@ -692,6 +692,162 @@ async fn binlog_records_carry_versions_and_ops() {
     e.shutdown().await.unwrap();
 }
 
+/// Where a small file's data lives: chunk file path and data offset.
+fn small_data_at(e: &Engine, cfg: &EngineConfig, id: &FileId) -> (std::path::PathBuf, u64) {
+    let idx = e.index.read();
+    match idx.get(id).unwrap().loc {
+        index::Loc::Small {
+            store,
+            chunk,
+            offset,
+            ..
+        } => (
+            cfg.store_paths[store as usize]
+                .join("chunks")
+                .join(chunk::chunk_name(chunk)),
+            offset + chunk::HEADER_LEN,
+        ),
+        index::Loc::Large { .. } => panic!("{id} is not small"),
+    }
+}
+
+/// Rewrite the binlog with every record's commit watermark lowered to at
+/// most `to`: as if the records after `to` had been written while their
+/// data was still in flight.
+fn lower_watermarks(cfg: &EngineConfig, to: u64) {
+    let bdir = cfg.meta_dir.join("binlog");
+    let mut segs: std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> = Default::default();
+    binlog::recover(&bdir, 0, |r, path| {
+        let frame = binlog::encode_committed(
+            r.version,
+            r.op,
+            &r.file_id,
+            r.file_version,
+            r.state.as_ref(),
+            r.patch,
+            r.committed.min(to),
+        );
+        assert_eq!(frame.len(), r.raw.len());
+        segs.entry(path.to_path_buf()).or_default().extend(frame);
+    })
+    .unwrap();
+    for (p, b) in segs {
+        std::fs::write(p, b).unwrap();
+    }
+}
+
+fn scribble(path: &Path, off: u64, len: usize) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &vec![0x5a; len], off).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_without_its_data_at_the_tail_is_voided() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1);
+    let e = Engine::open(cfg.clone()).unwrap();
+    let a = pattern(3000, 1);
+    let b = pattern(5000, 2);
+    let ia = upload(&e, &a, false).await;
+    let ib = upload(&e, &b, true).await;
+    let v = e.data_version();
+    // Sequential uploads: the last record is above the watermark the
+    // records carry (its own data was in flight when it was built).
+    let recs = e.binlog_records_since(0, 10).unwrap();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(recs[1].committed, recs[0].version);
+    let (chunk, off_b) = small_data_at(&e, &cfg, &ib);
+    drop(e); // crash
+
+    // The data of the last record never reached the disk: the chunk file
+    // ends before it.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&chunk)
+        .unwrap()
+        .set_len(off_b + 100)
+        .unwrap();
+    let e = Engine::open(cfg.clone()).unwrap();
+    check(&e, &ia, &a).await;
+    assert!(!e.exists(&ib).await.unwrap(), "unacknowledged record kept");
+    assert_eq!(e.file_count(), 1);
+    assert_eq!(e.data_version(), v, "versions are not reused");
+    let recs = e.binlog_records_since(0, 10).unwrap();
+    assert_eq!(
+        recs.iter().map(|r| r.op).collect::<Vec<_>>(),
+        b"CV".to_vec()
+    );
+    assert_eq!(recs[1].version, v);
+    // The void is durable: more work, a crash, and the state still holds.
+    let c = pattern(4000, 3);
+    let ic = upload(&e, &c, false).await;
+    assert!(e.data_version() > v);
+    drop(e);
+    let e = Engine::open(cfg.clone()).unwrap();
+    check(&e, &ia, &a).await;
+    check(&e, &ic, &c).await;
+    assert!(!e.exists(&ib).await.unwrap());
+    e.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tail_record_is_voided_and_later_good_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 2);
+    let e = Engine::open(cfg.clone()).unwrap();
+    // Small first files so the later, larger ones never reuse their space.
+    let a = pattern(1000, 1);
+    let ia = upload(&e, &a, false).await;
+    let w = e.data_version();
+    let b = pattern(3000, 2);
+    let ib = upload(&e, &b, false).await;
+    let a2 = pattern(1000, 9);
+    e.modify(&ia, 0, 1000, None, &mut VecBody::new(&a2))
+        .await
+        .unwrap();
+    let c = pattern(3000, 3);
+    let ic = upload(&e, &c, false).await;
+    let mut d = pattern(3000, 4);
+    let id = upload(&e, &d, true).await;
+    e.append(&id, 10, None, &mut VecBody::new(&pattern(10, 5)))
+        .await
+        .unwrap();
+    d.extend(pattern(10, 5));
+    let (chunk_b, off_b) = small_data_at(&e, &cfg, &ib);
+    let (chunk_a, off_a) = small_data_at(&e, &cfg, &ia);
+    let all = e.binlog_records_since(0, 100).unwrap();
+    drop(e); // crash
+
+    // Everything after `w` was written while its data was in flight; the
+    // data of B and of A's modify did not make it, C's and D's did.
+    lower_watermarks(&cfg, w);
+    scribble(&chunk_b, off_b + 10, 20);
+    scribble(&chunk_a, off_a, 1000);
+    let e = Engine::open(cfg.clone()).unwrap();
+    check(&e, &ia, &a).await;
+    assert!(!e.exists(&ib).await.unwrap());
+    check(&e, &ic, &c).await;
+    check(&e, &id, &d).await;
+    let ops: Vec<u8> = e
+        .binlog_records_since(0, 100)
+        .unwrap()
+        .iter()
+        .map(|r| r.op)
+        .collect();
+    assert_eq!(ops, b"CVVCCA".to_vec());
+    assert_eq!(all.len(), ops.len());
+    // Replaying from scratch (no checkpoint) gives the same state.
+    e.shutdown().await.unwrap();
+    drop(e);
+    std::fs::remove_file(cfg.meta_dir.join("index.ckpt")).unwrap();
+    let e = Engine::open(cfg.clone()).unwrap();
+    check(&e, &ia, &a).await;
+    assert!(!e.exists(&ib).await.unwrap());
+    check(&e, &ic, &c).await;
+    check(&e, &id, &d).await;
+    e.shutdown().await.unwrap();
+}
+
 #[allow(dead_code)]
 fn assert_send_sync() {
     fn is<T: Send + Sync>() {}

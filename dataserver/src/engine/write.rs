@@ -1,15 +1,49 @@
 //! The mutating operations.
 //!
-//! Commit rule, for every operation: (1) the new bytes are written and
-//! made durable (fsync policy permitting) where no acknowledged byte lives:
-//! a fresh chunk extent, the reserved tail of a record beyond its committed
-//! length (and beyond anything a reader may still read), a temp or patch
-//! file, or the end of a large file; (2) the binlog record carrying the
-//! file's complete new state is appended and made durable; (3) only then
-//! the index changes and the operation is acknowledged. Whatever was
-//! written before a crash but not referenced by a durable binlog record is
-//! unreferenced space (chunk extents), a temp file (removed at start), or
-//! bytes beyond a large file's committed length (cut at start).
+//! New bytes only ever go where no acknowledged byte lives: a fresh chunk
+//! extent, the reserved tail of a record beyond its committed length (and
+//! beyond anything a reader may still read), a temp or patch file, or the
+//! end of a large file. Then the binlog record carrying the file's complete
+//! new state; the index changes and the operation is acknowledged only once
+//! both the bytes and the record are durable (fsync policy permitting).
+//!
+//! Small files (chunk records) commit in ONE fsync round
+//! (`Engine::commit_paired`): the new bytes (with the record header) and
+//! the binlog record go to the binlog disk thread as one request, are
+//! written in the same batch and both files are fdatasync'ed concurrently.
+//! A crash between the two fdatasyncs can leave a durable record whose data
+//! is not; such a record was never acknowledged. Recovery finds every record
+//! that can be in that state and voids the ones whose data does not match
+//! their crc32 (`recovery.rs`). Why this is safe:
+//! * Bounded search: each record carries the commit watermark `committed`
+//!   (every version <= it had its data durable when the record was built).
+//!   Recovery keeps only a prefix of the log (it cuts at the first bad
+//!   frame), so a kept record implies every earlier record is kept; and no
+//!   operation was acknowledged beyond that prefix. So all records up to the
+//!   largest watermark in the log have durable records and data; only the
+//!   records above it (the in-flight window at the crash) are checked.
+//! * Per file, the newest record of the window whose data verifies (or that
+//!   carries no small-file data: delete, large file) is the file's state;
+//!   newer ones are voided. The lane rule (a later op on a file starts only
+//!   after the earlier one was acknowledged or failed) means at most the
+//!   newest record of a file can be unacknowledged; an acknowledged record's
+//!   data is durable and its extent is not reused while it is the file's
+//!   state (the index drops an extent only after publishing a superseding
+//!   record, which happens only once that record and its data are durable).
+//!   So the last acknowledged state of every file always verifies, and no
+//!   kept record depends on a voided one: records are whole file states and
+//!   a record of another file never refers to this file's extent.
+//! * Different store paths change nothing: each record is checked against
+//!   its own chunk file; the order that matters is the binlog's.
+//! * Failure of the paired write poisons the engine (the record may be
+//!   durable); a dropped future leaks its extent instead of freeing it, so
+//!   a record that recovery keeps never shares space with a later one.
+//!
+//! Large files keep the stricter order: data durable (temp file + rename,
+//! patch file, or appended bytes), then the record. Whatever was written
+//! before a crash but not referenced by a kept binlog record is unreferenced
+//! space (chunk extents), a temp file (removed at start), or bytes beyond a
+//! large file's committed length (cut at start).
 //!
 //! Two steps follow the binlog record for large files: applying a modify
 //! patch in place and `set_len` for truncate. Both are redone at start
@@ -30,7 +64,6 @@ use super::content::{blocking, crc_concat, crc_range, crc_zeros, hasher_of, veri
 use super::disk;
 use super::error::{EngineError, IoContext};
 use super::index::{Entry, Loc};
-use super::space::fs_space;
 use super::{Body, Engine, FsyncPolicy};
 
 /// Metadata limits.
@@ -99,6 +132,26 @@ enum Seg {
     Zeros {
         len: u64,
     },
+}
+
+/// New small-file bytes written but not yet made durable: the last pieces
+/// (queued with the binlog record) and whether the record header goes with
+/// them (it carries the record's data version, known only then).
+struct Staged {
+    file: Arc<File>,
+    pieces: Vec<(u64, Bytes)>,
+    header: bool,
+}
+
+/// Leaks an extent guard when dropped while still holding it.
+struct LeakOnDrop(Option<Arc<super::space::Extent>>);
+
+impl Drop for LeakOnDrop {
+    fn drop(&mut self) {
+        if let Some(ext) = self.0.take() {
+            std::mem::forget(ext);
+        }
+    }
 }
 
 /// A body for operations that take none.
@@ -189,8 +242,10 @@ impl Engine {
     }
 
     fn check_space(&self, store: &Store, need: u64) -> Result<(), EngineError> {
-        let (_, avail) =
-            fs_space(&store.root).ctx(|| format!("statvfs {}", store.root.display()))?;
+        let avail = store
+            .space
+            .avail()
+            .ctx(|| format!("statvfs {}", store.root.display()))?;
         if avail.saturating_sub(need) < self.cfg.reserved_space || avail < need {
             return Err(EngineError::NoSpace(format!(
                 "store path {} has {avail} bytes free; writing {need} would leave less than the reserved {}",
@@ -198,6 +253,7 @@ impl Engine {
                 self.cfg.reserved_space
             )));
         }
+        store.space.charge(need);
         Ok(())
     }
 
@@ -205,7 +261,10 @@ impl Engine {
     fn pick_store(&self, size: u64) -> Result<&Store, EngineError> {
         let mut best: Option<(&Store, u64)> = None;
         for s in &self.stores {
-            let (_, avail) = fs_space(&s.root).ctx(|| format!("statvfs {}", s.root.display()))?;
+            let avail = s
+                .space
+                .avail()
+                .ctx(|| format!("statvfs {}", s.root.display()))?;
             if best.is_none_or(|(_, b)| avail > b) {
                 best = Some((s, avail));
             }
@@ -276,9 +335,9 @@ impl Engine {
         let ids = id.to_string();
         let res = self
             .binlog
-            .append(|v| {
+            .append(|v, committed| {
                 entry.version = v;
-                binlog::encode(v, op, &ids, v, Some(&entry), patch)
+                binlog::encode_committed(v, op, &ids, v, Some(&entry), patch, committed)
             })
             .await;
         match res {
@@ -303,6 +362,77 @@ impl Engine {
     async fn commit(&self, op: u8, id: &FileId, entry: Entry) -> Result<FileStat, EngineError> {
         let e = self.log(op, id, entry, 0).await?;
         Ok(self.publish(id, e))
+    }
+
+    /// Commit a small-file change together with its new bytes in one
+    /// fsync round: the data write (plus the record header when
+    /// `staged.header`) and the binlog record go to the binlog disk thread
+    /// as one request, both are fdatasync'ed concurrently, and the change is
+    /// published only when both are durable. A crash in between can leave a
+    /// durable record whose data is not: recovery verifies such records
+    /// (those above the commit watermark) and voids the ones whose data
+    /// does not match (see `recovery.rs`). Any failure poisons the engine.
+    async fn commit_paired(
+        &self,
+        op: u8,
+        id: &FileId,
+        mut entry: Entry,
+        staged: Staged,
+    ) -> Result<FileStat, EngineError> {
+        let Loc::Small {
+            offset, capacity, ..
+        } = entry.loc
+        else {
+            return Err(EngineError::Internal(format!(
+                "{id}: paired commit of a large file"
+            )));
+        };
+        let ids = id.to_string();
+        let (size, crc, appender) = (entry.size, entry.crc32, entry.appender);
+        // From here a durable record may name the extent: if this future is
+        // dropped before the change is published, the extent is leaked (it
+        // returns at the next start, rebuilt from the index) rather than
+        // reused under a record that recovery may keep.
+        let mut guard = LeakOnDrop(entry.extent.clone());
+        let Staged {
+            file,
+            mut pieces,
+            header,
+        } = staged;
+        let res = self
+            .binlog
+            .append_paired(
+                |v, committed| {
+                    entry.version = v;
+                    binlog::encode_committed(v, op, &ids, v, Some(&entry), 0, committed)
+                },
+                |v| {
+                    if header {
+                        let h = encode_header(&ids, v, size, capacity, crc, appender);
+                        pieces.push((offset, Bytes::copy_from_slice(&h)));
+                    }
+                    (file, pieces)
+                },
+            )
+            .await;
+        let paired = match res {
+            Ok(p) => p,
+            Err(e) => {
+                self.poison("binlog write failed");
+                return Err(EngineError::io("writing the binlog", e));
+            }
+        };
+        if let Err(e) = paired.result {
+            // The record may be durable without its data: recovery voids it.
+            self.poison("writing a binlog record and its data failed");
+            return Err(EngineError::io(
+                format!("writing {id} and its binlog record"),
+                e,
+            ));
+        }
+        debug_assert_eq!(entry.version, paired.version);
+        guard.0 = None;
+        Ok(self.publish(id, entry))
     }
 
     pub(crate) async fn do_upload(
@@ -333,12 +463,12 @@ impl Engine {
         };
         if size <= self.cfg.large_file_threshold {
             let segs = [Seg::Body { len: size }];
-            let (id, e) = self
+            let (id, e, staged) = self
                 .write_small(store, None, &segs, &mut bin, entry, |crc| {
                     self.new_id(store.index, now, size, crc, ext)
                 })
                 .await?;
-            return self.commit(op::CREATE, &id, e).await;
+            return self.commit_paired(op::CREATE, &id, e, staged).await;
         }
         let tmp = store
             .tmp_dir
@@ -369,9 +499,10 @@ impl Engine {
         }
     }
 
-    /// Write new small-file content (`segs` over the old content and the
-    /// body) into a fresh extent, header last, durably. `name` gives the id
-    /// once the crc is known. Returns the id and the uncommitted entry.
+    /// Stage new small-file content (`segs` over the old content and the
+    /// body) for a fresh extent; the last pieces and the header go out with
+    /// [`Self::commit_paired`]. `name` gives the id once the crc is known.
+    /// Returns the id, the uncommitted entry and the staged bytes.
     async fn write_small<B: Body>(
         &self,
         store: &Store,
@@ -380,7 +511,7 @@ impl Engine {
         bin: &mut BodyIn<'_, B>,
         mut entry: Entry,
         name: impl FnOnce(u32) -> Result<FileId, EngineError>,
-    ) -> Result<(FileId, Entry), EngineError> {
+    ) -> Result<(FileId, Entry, Staged), EngineError> {
         let size: u64 = segs.iter().map(seg_len).sum();
         let cap = self.capacity_for(size, entry.appender);
         let (ext, file) = store
@@ -389,22 +520,8 @@ impl Engine {
         let capacity = ext.len - HEADER_LEN;
         let mut sink = Sink::new(&store.disk, file.clone(), ext.offset + HEADER_LEN);
         fill(&mut sink, segs, old, bin).await?;
-        let (crc, _, mut pieces) = sink.finish();
+        let (crc, _, pieces) = sink.finish();
         let id = name(crc)?;
-        let header = encode_header(
-            &id.to_string(),
-            self.binlog.durable_version(),
-            size,
-            capacity,
-            crc,
-            entry.appender,
-        );
-        pieces.push((ext.offset, Bytes::copy_from_slice(&header)));
-        store
-            .disk
-            .write(&file, pieces, true)
-            .await
-            .ctx(|| format!("writing {id}"))?;
         entry.loc = Loc::Small {
             store: store.index,
             chunk: ext.chunk,
@@ -414,7 +531,12 @@ impl Engine {
         entry.size = size;
         entry.crc32 = crc;
         entry.extent = Some(ext);
-        Ok((id, entry))
+        let staged = Staged {
+            file,
+            pieces,
+            header: true,
+        };
+        Ok((id, entry, staged))
     }
 
     /// Write new content into the temp file `tmp` durably; returns its crc.
@@ -504,12 +626,12 @@ impl Engine {
         let mut entry = e.clone();
         entry.modify_us = now_us();
         if new_size <= self.cfg.large_file_threshold {
-            let (_, ent) = self
+            let (_, ent, staged) = self
                 .write_small(store, Some((&old_file, old_base)), segs, bin, entry, |_| {
                     Ok(id.clone())
                 })
                 .await?;
-            return self.commit(op, id, ent).await;
+            return self.commit_paired(op, id, ent, staged).await;
         }
         // Grows past the threshold: migrate to a large file.
         let tmp = store
@@ -563,7 +685,7 @@ impl Engine {
         let ids = id.to_string();
         let v = match self
             .binlog
-            .append(|v| binlog::encode(v, op::DELETE, &ids, v, None, 0))
+            .append(|v, c| binlog::encode_committed(v, op::DELETE, &ids, v, None, 0, c))
             .await
         {
             Ok(v) => v,
@@ -647,16 +769,16 @@ impl Engine {
                 bin.take(size, &mut sink).await?;
                 bin.finish().await?;
                 let (acrc, _, pieces) = sink.finish();
-                store
-                    .disk
-                    .write(&file, pieces, true)
-                    .await
-                    .ctx(|| format!("appending to {id}"))?;
                 let mut entry = e.clone();
                 entry.size = new_size;
                 entry.crc32 = crc_concat(e.crc32, e.size, acrc, size);
                 entry.modify_us = now_us();
-                let stat = self.commit(op::APPEND, id, entry).await?;
+                let staged = Staged {
+                    file,
+                    pieces,
+                    header: false,
+                };
+                let stat = self.commit_paired(op::APPEND, id, entry, staged).await?;
                 ext.raise_high_water(new_size);
                 Ok(stat)
             }
@@ -882,13 +1004,13 @@ impl Engine {
                     let mut sink = Sink::new(&store.disk, file.clone(), base + e.size);
                     sink.zeros(size - e.size).await?;
                     let (zcrc, _, pieces) = sink.finish();
-                    store
-                        .disk
-                        .write(&file, pieces, true)
-                        .await
-                        .ctx(|| format!("extending {id}"))?;
                     entry.crc32 = crc_concat(e.crc32, e.size, zcrc, size - e.size);
-                    let stat = self.commit(op::TRUNCATE, id, entry).await?;
+                    let staged = Staged {
+                        file,
+                        pieces,
+                        header: false,
+                    };
+                    let stat = self.commit_paired(op::TRUNCATE, id, entry, staged).await?;
                     ext.raise_high_water(size);
                     return Ok(stat);
                 }
