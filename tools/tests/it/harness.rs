@@ -1,32 +1,21 @@
-//! Starts a real `chorus-dataserver` on a free port with a temporary data
-//! directory, and runs the real `chorus` binary against it.
-//!
-//! The dataserver binary is `$CHORUS_DATASERVER_BIN` when set, else the
-//! `chorus-dataserver` next to the `chorus` binary under test (same target
-//! directory and profile), else `<workspace>/target/debug/chorus-dataserver`.
-//! Build it first: `cargo build -p chorus-dataserver`.
+//! Runs the real `chorus` binary against a real `chorus-dataserver`
+//! started by `testkit` (free port, temporary data directory, killed on
+//! drop). The binaries are found by `testkit::bin` next to the test
+//! executable, or in `$CHORUS_BIN_DIR`; build them first with
+//! `cargo build --workspace --bins`.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long a server may take to answer its first ping.
-const START_LIMIT: Duration = Duration::from_secs(20);
-/// How long a server may take to exit after SIGTERM before it is killed.
-const STOP_LIMIT: Duration = Duration::from_secs(5);
+use testkit::{Dataserver, DataserverOpts};
+
 /// Bound on any single CLI invocation.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
 pub fn dataserver_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CHORUS_DATASERVER_BIN") {
-        return PathBuf::from(p);
-    }
-    let beside = PathBuf::from(env!("CARGO_BIN_EXE_chorus")).with_file_name("chorus-dataserver");
-    if beside.exists() {
-        return beside;
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/chorus-dataserver")
+    testkit::bin("chorus-dataserver")
 }
 
 pub fn chorus_bin() -> PathBuf {
@@ -34,91 +23,27 @@ pub fn chorus_bin() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    testkit::free_addr().port()
 }
 
-/// A running dataserver; stopped and its directory removed on drop.
+/// A running dataserver; killed and its directory removed on drop.
 pub struct DataServer {
-    child: Child,
+    _server: Dataserver,
     pub addr: String,
-    pub dir: tempfile::TempDir,
 }
 
 impl DataServer {
     /// Start with a 2 MiB large-file threshold (so tests cover both the
     /// chunked small-file path and the single-file large path).
     pub fn start() -> DataServer {
-        Self::start_with(&["--large-file-threshold", "2MiB"])
-    }
-
-    pub fn start_with(extra: &[&str]) -> DataServer {
-        let bin = dataserver_bin();
-        assert!(
-            bin.exists(),
-            "{} not found: build it with `cargo build -p chorus-dataserver` or set CHORUS_DATASERVER_BIN",
-            bin.display()
-        );
-        let mut last_err = String::new();
-        // A port picked free may be taken by the time the server binds it.
-        for _ in 0..3 {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let addr = format!("127.0.0.1:{}", free_port());
-            let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-            let child = Command::new(&bin)
-                .arg("--data-dir")
-                .arg(dir.path().join("data"))
-                .args(["--listen", &addr])
-                .args(extra)
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn chorus-dataserver");
-            let mut server = DataServer { child, addr, dir };
-            match server.wait_ready() {
-                Ok(()) => return server,
-                Err(e) => last_err = e,
-            }
-        }
-        panic!("dataserver did not start: {last_err}");
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    fn wait_ready(&mut self) -> Result<(), String> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let deadline = Instant::now() + START_LIMIT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("exited with {status}; log:\n{}", self.log()));
-            }
-            let cfg = client::ClientConfig::default()
-                .connect_timeout(Duration::from_millis(500))
-                .request_timeout(Duration::from_secs(2))
-                .retries(0);
-            let ok = rt.block_on(async {
-                match client::Client::connect_direct_with(self.addr.clone(), cfg).await {
-                    Ok(c) => c.ping().await.is_ok(),
-                    Err(_) => false,
-                }
-            });
-            if ok {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "no answer to ping in {START_LIMIT:?}; log:\n{}",
-                    self.log()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let server = Dataserver::start(DataserverOpts {
+            large_file_threshold: Some("2MiB".into()),
+            ..DataserverOpts::default()
+        });
+        let addr = server.addr.to_string();
+        DataServer {
+            _server: server,
+            addr,
         }
     }
 
@@ -130,28 +55,6 @@ impl DataServer {
     /// Run `chorus --server <addr> <args>` with `stdin` piped in.
     pub fn chorus_stdin(&self, args: &[&str], stdin: &[u8]) -> Run {
         run_chorus(&self.addr, args, Some(stdin))
-    }
-}
-
-impl Drop for DataServer {
-    fn drop(&mut self) {
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: signalling our own child process by its pid.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + STOP_LIMIT;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(_)) => return,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                _ => break,
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
