@@ -267,6 +267,18 @@ pub struct LeaderProc {
     child: Option<Child>,
 }
 
+impl LeaderProc {
+    /// The leader's data directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether this harness started it and has not killed it since.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
 /// A group of real `chorus-leader` processes on loopback (`--id --listen
 /// --peers --data-dir`, plus any extra flags such as
 /// `--server-timeout-ms`). Every process is SIGKILLed on drop.
@@ -333,7 +345,9 @@ impl Leaders {
             .join(format!("leader{}.log", self.procs[i].id))
     }
 
-    fn spawn(&mut self, i: usize) {
+    /// Start leader `i` without waiting for it (tests that kill a leader
+    /// during its start use this; [`restart`](Self::restart) waits).
+    pub fn spawn(&mut self, i: usize) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

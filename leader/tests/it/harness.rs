@@ -1,9 +1,6 @@
 //! Real `chorus-leader` processes on loopback, fake dataservers, and map
 //! recorders.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,95 +17,30 @@ pub fn wall_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    ls.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
-pub struct LeaderProc {
-    pub id: u64,
-    pub addr: String,
-    pub dir: PathBuf,
-    child: Option<Child>,
-}
-
-/// A group of leader processes; all are SIGKILLed on drop.
+/// A group of real leader processes (started by `testkit`), with the
+/// leader tests' own queries on top.
 pub struct Cluster {
-    tmp: tempfile::TempDir,
-    pub leaders: Vec<LeaderProc>,
-    peers: String,
-    extra: Vec<String>,
+    ls: testkit::Leaders,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = testkit::Leaders;
+    fn deref(&self) -> &testkit::Leaders {
+        &self.ls
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut testkit::Leaders {
+        &mut self.ls
+    }
 }
 
 impl Cluster {
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
-        let tmp = tempfile::tempdir().unwrap();
-        let ports = free_ports(n);
-        let leaders: Vec<LeaderProc> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, p)| LeaderProc {
-                id: i as u64 + 1,
-                addr: format!("127.0.0.1:{p}"),
-                dir: tmp.path().join(format!("leader{}", i + 1)),
-                child: None,
-            })
-            .collect();
-        let peers = leaders
-            .iter()
-            .map(|l| format!("{}={}", l.id, l.addr))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut c = Cluster {
-            tmp,
-            leaders,
-            peers,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        for i in 0..n {
-            c.spawn(i);
+        Cluster {
+            ls: testkit::Leaders::start(n, extra),
         }
-        c
-    }
-
-    pub fn spawn(&mut self, i: usize) {
-        let l = &self.leaders[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.tmp.path().join(format!("leader{}.log", l.id)))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_chorus-leader"))
-            .arg("--id")
-            .arg(l.id.to_string())
-            .arg("--listen")
-            .arg(&l.addr)
-            .arg("--peers")
-            .arg(&self.peers)
-            .arg("--data-dir")
-            .arg(&l.dir)
-            .args(&self.extra)
-            .env("RUST_LOG", "info,openraft=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        self.leaders[i].child = Some(child);
-    }
-
-    /// SIGKILL leader `i` and reap it.
-    pub fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.leaders[i].child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    pub fn addrs(&self) -> Vec<String> {
-        self.leaders.iter().map(|l| l.addr.clone()).collect()
     }
 
     pub fn client(&self) -> LeaderClient {
@@ -125,7 +57,7 @@ impl Cluster {
     }
 
     pub async fn status_of(&self, i: usize) -> Option<LeaderStatus> {
-        LeaderClient::status_of(&self.leaders[i].addr, Duration::from_millis(500))
+        LeaderClient::status_of(&self.procs[i].addr, Duration::from_millis(500))
             .await
             .ok()
     }
@@ -137,8 +69,8 @@ impl Cluster {
         loop {
             let mut leader = None;
             let mut agree = true;
-            for (i, l) in self.leaders.iter().enumerate() {
-                if l.child.is_none() {
+            for (i, l) in self.procs.iter().enumerate() {
+                if !l.is_running() {
                     continue;
                 }
                 match self.status_of(i).await {
@@ -152,10 +84,10 @@ impl Cluster {
                 }
             }
             if let (Some(i), true) = (leader, agree) {
-                let want = &self.leaders[i].addr;
+                let want = &self.procs[i].addr;
                 let mut all = true;
-                for (j, l) in self.leaders.iter().enumerate() {
-                    if l.child.is_some() && j != i {
+                for (j, l) in self.procs.iter().enumerate() {
+                    if l.is_running() && j != i {
                         let s = self.status_of(j).await;
                         all &= s
                             .and_then(|s| s.raft_leader)
@@ -175,20 +107,7 @@ impl Cluster {
     }
 
     pub fn log_of(&self, i: usize) -> String {
-        std::fs::read_to_string(
-            self.tmp
-                .path()
-                .join(format!("leader{}.log", self.leaders[i].id)),
-        )
-        .unwrap_or_default()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for i in 0..self.leaders.len() {
-            self.kill(i);
-        }
+        self.log(i)
     }
 }
 

@@ -107,7 +107,7 @@ async fn restart_from_data_dirs_restores_the_map() {
         let before = client.get_map(true).await.unwrap();
         drop(servers);
         cluster.spawn(lagging);
-        let c = client::leader::LeaderClient::new(vec![cluster.leaders[lagging].addr.clone()]);
+        let c = client::leader::LeaderClient::new(vec![cluster.procs[lagging].addr.clone()]);
         let deadline = Instant::now() + 10 * SEC;
         while c.get_map(false).await.ok().as_ref() != Some(&before) {
             assert!(
@@ -122,8 +122,8 @@ async fn restart_from_data_dirs_restores_the_map() {
             cluster.kill(i);
         }
         for i in 0..3 {
-            assert!(cluster.leaders[i].dir.join("raft-log.redb").exists());
-            assert!(cluster.leaders[i].dir.join("state.redb").exists());
+            assert!(cluster.procs[i].dir().join("raft-log.redb").exists());
+            assert!(cluster.procs[i].dir().join("state.redb").exists());
             cluster.spawn(i);
         }
         cluster.wait_leader(20 * SEC).await;
@@ -132,7 +132,7 @@ async fn restart_from_data_dirs_restores_the_map() {
         assert_eq!(status_of(&after, 4), Some(ServerStatus::Deleted));
         // Followers serve the same map (non-linearizable reads).
         for i in 0..3 {
-            let c = client::leader::LeaderClient::new(vec![cluster.leaders[i].addr.clone()]);
+            let c = client::leader::LeaderClient::new(vec![cluster.procs[i].addr.clone()]);
             let deadline = Instant::now() + 5 * SEC;
             loop {
                 let m = c.get_map(false).await.unwrap();
@@ -274,7 +274,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     bounded(60 * SEC, async {
         let cluster = Cluster::start(3, &[]);
         let li = cluster.wait_leader(15 * SEC).await;
-        let leader_addr = cluster.leaders[li].addr.clone();
+        let leader_addr = cluster.procs[li].addr.clone();
         let client = cluster.client();
         let _s1 = FakeServer::start(cluster.client(), 1, "g1", SEC).await;
         let _s2 = FakeServer::start(cluster.client(), 2, "g1", SEC).await;
@@ -415,7 +415,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
             }),
             &[],
         );
-        match raw_exchange(&cluster.leaders[follower].addr, &req).await {
+        match raw_exchange(&cluster.procs[follower].addr, &req).await {
             Some(LeaderMessage::Response(r)) => {
                 let e = r.result.unwrap_err();
                 assert_eq!(e.code(), ErrorCode::NotLeader);
@@ -486,7 +486,7 @@ async fn killed_during_first_start_restarts_cleanly() {
     let mut c = harness::Cluster::start(1, &[]);
     for delay_ms in [1u64, 3, 6, 10, 15, 25, 40, 80] {
         c.kill(0);
-        let _ = std::fs::remove_dir_all(&c.leaders[0].dir);
+        let _ = std::fs::remove_dir_all(&c.procs[0].dir());
         c.spawn(0);
         std::thread::sleep(Duration::from_millis(delay_ms));
         c.kill(0);
