@@ -486,7 +486,7 @@ async fn killed_during_first_start_restarts_cleanly() {
     let mut c = harness::Cluster::start(1, &[]);
     for delay_ms in [1u64, 3, 6, 10, 15, 25, 40, 80] {
         c.kill(0);
-        let _ = std::fs::remove_dir_all(&c.procs[0].dir());
+        let _ = std::fs::remove_dir_all(c.procs[0].dir());
         c.spawn(0);
         std::thread::sleep(Duration::from_millis(delay_ms));
         c.kill(0);
