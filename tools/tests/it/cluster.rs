@@ -59,7 +59,10 @@ fn status_json_shows_leaders_groups_and_servers() {
         assert_eq!(s["status"], "active", "{s}");
         assert_eq!(s["group"], "group1");
         let addr = s["address"].as_str().unwrap();
-        assert!(c.dataservers.iter().any(|d| d.addr == addr), "{addr}");
+        assert!(
+            c.dataservers.iter().any(|d| d.addr.to_string() == addr),
+            "{addr}"
+        );
         let role = if s["id"] == master { "master" } else { "slave" };
         assert_eq!(s["role"], role, "{s}");
         assert!(s["disk_total"].as_u64().unwrap() > 0);

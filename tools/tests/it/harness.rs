@@ -14,10 +14,6 @@ use testkit::{Dataserver, DataserverOpts};
 /// Bound on any single CLI invocation.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
-pub fn dataserver_bin() -> PathBuf {
-    testkit::bin("chorus-dataserver")
-}
-
 pub fn chorus_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_chorus"))
 }
