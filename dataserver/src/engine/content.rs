@@ -57,7 +57,7 @@ impl<'a, B: Body> BodyIn<'a, B> {
             }
             let k = (self.cur.len() as u64).min(n) as usize;
             let part = self.cur.split_to(k);
-            sink.push(&part).await?;
+            sink.push_bytes(part).await?;
             n -= k as u64;
         }
         Ok(())
@@ -84,13 +84,23 @@ impl<'a, B: Body> BodyIn<'a, B> {
     }
 }
 
+/// Pieces at least this big are handed to the disk thread as they are
+/// (no copy); smaller ones are coalesced into one buffer.
+const ZERO_COPY_MIN: usize = 64 << 10;
+
 /// Buffers content written at `base + pos` of a file, computing its crc32.
+/// Up to [`FLUSH`] bytes are held back (written out only when more
+/// arrive), so a body of at most `FLUSH` bytes goes out whole with the
+/// final, synced write.
 pub(crate) struct Sink<'a> {
     disk: &'a DiskThread,
     file: Arc<File>,
     base: u64,
     flushed: u64,
-    buf: BytesMut,
+    /// Held back, in order: sealed pieces, then `acc`.
+    held: Vec<Bytes>,
+    acc: BytesMut,
+    held_len: usize,
     hasher: crc32fast::Hasher,
 }
 
@@ -101,22 +111,69 @@ impl<'a> Sink<'a> {
             file,
             base,
             flushed: 0,
-            buf: BytesMut::new(),
+            held: Vec::new(),
+            acc: BytesMut::new(),
+            held_len: 0,
             hasher: crc32fast::Hasher::new(),
         }
     }
 
-    pub async fn push(&mut self, data: &[u8]) -> Result<(), EngineError> {
-        self.hasher.update(data);
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= FLUSH {
-            let b = self.buf.split().freeze();
-            let off = self.base + self.flushed;
-            self.flushed += b.len() as u64;
-            self.disk
-                .write(&self.file, vec![(off, b)], false)
-                .await
-                .ctx(|| "writing data".to_string())?;
+    fn seal_acc(&mut self) {
+        if !self.acc.is_empty() {
+            self.held.push(self.acc.split().freeze());
+        }
+    }
+
+    /// The held-back bytes as write pieces at their offsets.
+    fn take_held(&mut self) -> Vec<(u64, Bytes)> {
+        self.seal_acc();
+        let mut off = self.base + self.flushed;
+        let mut out = Vec::with_capacity(self.held.len());
+        for b in self.held.drain(..) {
+            let len = b.len() as u64;
+            out.push((off, b));
+            off += len;
+        }
+        self.flushed += self.held_len as u64;
+        self.held_len = 0;
+        out
+    }
+
+    /// Write out what is held back if `incoming` more bytes would exceed
+    /// [`FLUSH`].
+    async fn make_room(&mut self, incoming: usize) -> Result<(), EngineError> {
+        if self.held_len == 0 || self.held_len + incoming <= FLUSH {
+            return Ok(());
+        }
+        let pieces = self.take_held();
+        self.disk
+            .write(&self.file, pieces, false)
+            .await
+            .ctx(|| "writing data".to_string())
+    }
+
+    /// Like [`Self::push`], taking an owned buffer (big ones are not copied).
+    pub async fn push_bytes(&mut self, data: Bytes) -> Result<(), EngineError> {
+        if data.len() < ZERO_COPY_MIN {
+            return self.push(&data).await;
+        }
+        self.make_room(data.len()).await?;
+        self.hasher.update(&data);
+        self.seal_acc();
+        self.held_len += data.len();
+        self.held.push(data);
+        Ok(())
+    }
+
+    pub async fn push(&mut self, mut data: &[u8]) -> Result<(), EngineError> {
+        while !data.is_empty() {
+            let k = data.len().min(FLUSH);
+            self.make_room(k).await?;
+            let (now, rest) = data.split_at(k);
+            self.hasher.update(now);
+            self.acc.extend_from_slice(now);
+            self.held_len += k;
+            data = rest;
         }
         Ok(())
     }
@@ -142,7 +199,7 @@ impl<'a> Sink<'a> {
         while done < len {
             let k = (len - done).min(FLUSH as u64) as usize;
             let b = read_at(src, off + done, k).await?;
-            self.push(&b).await?;
+            self.push_bytes(b).await?;
             done += k as u64;
         }
         Ok(())
@@ -150,13 +207,9 @@ impl<'a> Sink<'a> {
 
     /// crc32 and length of everything pushed, and the not yet written
     /// tail as a write piece (to go out with the final, synced write).
-    pub fn finish(self) -> (u32, u64, Vec<(u64, Bytes)>) {
-        let len = self.flushed + self.buf.len() as u64;
-        let mut tail = Vec::new();
-        if !self.buf.is_empty() {
-            tail.push((self.base + self.flushed, self.buf.freeze()));
-        }
-        (self.hasher.finalize(), len, tail)
+    pub fn finish(mut self) -> (u32, u64, Vec<(u64, Bytes)>) {
+        let tail = self.take_held();
+        (self.hasher.finalize(), self.flushed, tail)
     }
 }
 

@@ -2,16 +2,65 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use proto::{FrameReader, Message};
-use tokio::io::AsyncRead;
+use bytes::{Bytes, BytesMut};
+use proto::{FrameError, FrameReader, Message};
+use rkyv::util::AlignedVec;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::engine::{Body, EngineError};
+
+/// Per-connection buffers for body frames. The payload buffer is handed to
+/// the engine as `Bytes` without copying; once the engine (the disk thread)
+/// has dropped it, the next frame reuses the same allocation, so a steady
+/// stream of uploads neither allocates, zero-fills nor page-faults per frame.
+#[derive(Default)]
+pub struct BodyBufs {
+    meta: AlignedVec,
+    payload: BytesMut,
+}
+
+impl BodyBufs {
+    /// Read one frame like [`FrameReader::read`], the payload into the
+    /// reused buffer (uninitialised capacity, no zero-fill).
+    async fn read<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut FrameReader<R>,
+    ) -> Result<Option<(Message, Bytes)>, FrameError> {
+        let Some(header) = reader.read_header().await? else {
+            return Ok(None);
+        };
+        let inner = reader.get_mut();
+        self.meta.clear();
+        self.meta.resize(header.meta_len as usize, 0);
+        read_exact(inner, &mut self.meta[..]).await?;
+        let len = header.payload_len as usize;
+        // Reclaims the previous allocation when nobody holds it any more.
+        self.payload.clear();
+        self.payload.reserve(len);
+        let mut limited = inner.take(len as u64);
+        while self.payload.len() < len {
+            if limited.read_buf(&mut self.payload).await? == 0 {
+                return Err(FrameError::Truncated);
+            }
+        }
+        let msg = proto::frame::decode::<Message>(&self.meta)?;
+        Ok(Some((msg, self.payload.split().freeze())))
+    }
+}
+
+async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), FrameError> {
+    match r.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
+        Err(e) => Err(e.into()),
+    }
+}
 
 /// Feeds the engine exactly `size` bytes from `Data` frames, checking that
 /// the frames belong to the request and add up to the declared size.
 pub struct NetBody<'a, R> {
     reader: &'a mut FrameReader<R>,
+    bufs: &'a mut BodyBufs,
     id: u64,
     remaining: u64,
     finished: bool,
@@ -23,12 +72,14 @@ pub struct NetBody<'a, R> {
 impl<'a, R: AsyncRead + Unpin + Send> NetBody<'a, R> {
     pub fn new(
         reader: &'a mut FrameReader<R>,
+        bufs: &'a mut BodyBufs,
         id: u64,
         size: u64,
         frame_timeout: Duration,
     ) -> Self {
         NetBody {
             reader,
+            bufs,
             id,
             remaining: size,
             finished: false,
@@ -54,15 +105,15 @@ impl<'a, R: AsyncRead + Unpin + Send> NetBody<'a, R> {
         if let Some(b) = &self.broken {
             return Err(EngineError::BadBody(b.clone()));
         }
-        let frame =
-            match tokio::time::timeout(self.frame_timeout, self.reader.read::<Message>()).await {
-                Err(_) => return Err(self.fail("timed out waiting for body data".into())),
-                Ok(Err(e)) => return Err(self.fail(format!("reading body: {e}"))),
-                Ok(Ok(None)) => {
-                    return Err(self.fail("connection closed in the middle of a body".into()))
-                }
-                Ok(Ok(Some(f))) => f,
-            };
+        let read = self.bufs.read(self.reader);
+        let frame = match tokio::time::timeout(self.frame_timeout, read).await {
+            Err(_) => return Err(self.fail("timed out waiting for body data".into())),
+            Ok(Err(e)) => return Err(self.fail(format!("reading body: {e}"))),
+            Ok(Ok(None)) => {
+                return Err(self.fail("connection closed in the middle of a body".into()))
+            }
+            Ok(Ok(Some(f))) => f,
+        };
         let (msg, payload) = frame;
         let chunk = match msg {
             Message::Data(c) => c,
@@ -100,7 +151,7 @@ impl<'a, R: AsyncRead + Unpin + Send> NetBody<'a, R> {
         if chunk.last {
             self.finished = true;
         }
-        Ok(Some(Bytes::from(payload)))
+        Ok(Some(payload))
     }
 
     /// Read and discard whatever the engine did not consume, so the

@@ -11,7 +11,7 @@ use proto::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info_span, warn, Instrument};
 
-use super::body::{message_kind, NetBody};
+use super::body::{message_kind, BodyBufs, NetBody};
 use super::metrics::Metrics;
 use crate::cluster::SharedView;
 use crate::engine::{Engine, EngineError};
@@ -74,6 +74,7 @@ where
         proto::frame::DEFAULT_MAX_PAYLOAD,
     );
     let mut writer = FrameWriter::new(writer);
+    let mut bufs = BodyBufs::default();
     let mut shutdown = ctx.shutdown.clone();
     loop {
         if *shutdown.borrow() {
@@ -131,7 +132,7 @@ where
             file_id = env.op.file_id().unwrap_or(""),
             %peer
         );
-        let outcome = handle(&ctx, env, &mut reader, &mut writer)
+        let outcome = handle(&ctx, env, &mut reader, &mut bufs, &mut writer)
             .instrument(span)
             .await;
         if let Outcome::Close = outcome {
@@ -154,6 +155,7 @@ async fn handle<R, W>(
     ctx: &ConnContext,
     env: RequestEnvelope,
     reader: &mut FrameReader<R>,
+    bufs: &mut BodyBufs,
     writer: &mut FrameWriter<W>,
 ) -> Outcome
 where
@@ -186,7 +188,7 @@ where
             let _ = send_response(writer, id, Err(err)).await;
             return Outcome::Close;
         }
-        let mut body = NetBody::new(reader, id, size, ctx.frame_timeout);
+        let mut body = NetBody::new(reader, bufs, id, size, ctx.frame_timeout);
         // A refused request's body is drained below, keeping the stream in step.
         let result = match admitted {
             Ok(()) => run_with_body(ctx, env.op, &mut body).await,

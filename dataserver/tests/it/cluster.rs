@@ -1,16 +1,15 @@
 //! Cluster membership with real processes: three `chorus-leader`s and real
-//! `chorus-dataserver`s started with `--leaders`.
+//! `chorus-dataserver`s started with `--leaders` (`testkit::Cluster`).
 //!
-//! Build the leader first: `cargo build -p chorus-leader`.
+//! Build the binaries first: `cargo build --workspace --bins`.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use client::leader::{ClientTimeouts, LeaderClient};
 use proto::cluster::{ClusterMap, ServerId, ServerStatus};
 use proto::{ErrorCode, Message, Reply, Request, RequestEnvelope, WireError};
-use testkit::{Dataserver, DataserverOpts, Leaders};
+use testkit::{Cluster, ClusterOpts, DataserverOpts};
 
 use crate::raw::RawConn;
 
@@ -18,49 +17,13 @@ use crate::raw::RawConn;
 const FAST: &[&str] = &["--server-timeout-ms", "1000", "--master-lease-ms", "1500"];
 const FAST_LEASE: Duration = Duration::from_millis(1500);
 
-fn leader_client(leaders: &Leaders) -> LeaderClient {
-    LeaderClient::with_timeouts(
-        leaders.addrs(),
-        ClientTimeouts {
-            connect: Duration::from_millis(300),
-            request: Duration::from_secs(3),
-            call: Duration::from_secs(10),
-            backoff: Duration::from_millis(50),
-            subscription_silence: Duration::from_secs(3),
-        },
-    )
-}
-
-fn dataserver(leaders: &Leaders, id: u32, extra: &[&str]) -> Dataserver {
-    Dataserver::start(DataserverOpts {
-        server_id: id,
-        leaders: leaders.addrs(),
-        extra_args: extra.iter().map(|s| s.to_string()).collect(),
-        ..DataserverOpts::default()
-    })
-}
-
-/// Poll the map (any leader's) until `pred` holds; panics after `timeout`.
-async fn wait_map(
-    lc: &LeaderClient,
-    timeout: Duration,
-    what: &str,
-    pred: impl Fn(&ClusterMap) -> bool,
-) -> ClusterMap {
-    let deadline = Instant::now() + timeout;
-    let mut last = None;
-    loop {
-        if let Ok(m) = lc.get_map(false).await {
-            if pred(&m) {
-                return m;
-            }
-            last = Some(m);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not reached within {timeout:?}; last map: {last:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// 3 [`FAST`] leaders and `dataservers` dataservers heartbeating often.
+fn fast(dataservers: usize) -> ClusterOpts<'static> {
+    ClusterOpts {
+        leaders: 3,
+        leader_args: FAST,
+        dataservers,
+        dataserver_args: &["--heartbeat-ms", "300"],
     }
 }
 
@@ -119,15 +82,15 @@ fn addr_of(m: &ClusterMap, id: ServerId) -> SocketAddr {
 /// server_timeout + 1 s, rejoin as RECOVERING.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_join_route_to_the_master_and_go_offline() {
-    let leaders = Leaders::start(3, &[]);
-    let lc = leader_client(&leaders);
     let t0 = Instant::now();
-    let mut ds: Vec<Dataserver> = (1..=3).map(|id| dataserver(&leaders, id, &[])).collect();
-    let map = wait_map(&lc, Duration::from_secs(15), "three ACTIVE members", |m| {
-        all_active(m, &[1, 2, 3])
-    })
-    .await;
-    println!("3 dataservers ACTIVE after {:?}", t0.elapsed());
+    let mut c = Cluster::start(ClusterOpts::default());
+    let lc = c.leader_client();
+    let map = c
+        .wait_map(&lc, Duration::from_secs(15), "three ACTIVE members", |m| {
+            all_active(m, &[1, 2, 3])
+        })
+        .await;
+    println!("cluster up, 3 dataservers ACTIVE after {:?}", t0.elapsed());
     let g = map.group("group1").expect("group1");
     let master = g.master.expect("a master");
     assert_eq!(g.members, vec![1, 2, 3]);
@@ -135,13 +98,13 @@ async fn members_join_route_to_the_master_and_go_offline() {
     let slave = (1..=3).find(|id| *id != master).expect("a slave");
     let slave_addr = addr_of(&map, slave);
     // The advertised address is the listen address.
-    assert_eq!(master_addr, ds[master as usize - 1].addr);
+    assert_eq!(master_addr, c.dataservers[master as usize - 1].addr);
 
     // Writes go through the master...
     let file = upload_ok(master_addr, b"hello cluster").await;
-    let mut c = RawConn::connect(master_addr).await;
+    let mut conn = RawConn::connect(master_addr).await;
     assert_eq!(
-        c.download(&file).await.expect("read back"),
+        conn.download(&file).await.expect("read back"),
         b"hello cluster"
     );
     // ...a slave points at it, and still answers pings.
@@ -179,9 +142,9 @@ async fn members_join_route_to_the_master_and_go_offline() {
 
     // SIGKILL a slave: OFFLINE within server_timeout (3 s) + 1 s.
     let killed = slave;
-    ds[killed as usize - 1].kill();
+    c.dataservers[killed as usize - 1].kill();
     let t_kill = Instant::now();
-    wait_map(&lc, Duration::from_secs(4), "killed slave OFFLINE", |m| {
+    c.wait_map(&lc, Duration::from_secs(4), "killed slave OFFLINE", |m| {
         status_of(m, killed) == Some(ServerStatus::Offline)
     })
     .await;
@@ -191,16 +154,17 @@ async fn members_join_route_to_the_master_and_go_offline() {
 
     // It comes back RECOVERING; without replication it cannot catch up with
     // the master's write, so it stays there (not ACTIVE).
-    ds[killed as usize - 1].restart();
-    let m = wait_map(&lc, Duration::from_secs(5), "rejoined", |m| {
-        status_of(m, killed) == Some(ServerStatus::Recovering)
-    })
-    .await;
+    c.dataservers[killed as usize - 1].restart();
+    let m = c
+        .wait_map(&lc, Duration::from_secs(5), "rejoined", |m| {
+            status_of(m, killed) == Some(ServerStatus::Recovering)
+        })
+        .await;
     assert_eq!(m.group("group1").and_then(|g| g.master), Some(master));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let m = lc.get_map(true).await.expect("map");
     assert_eq!(status_of(&m, killed), Some(ServerStatus::Recovering));
-    let e = try_upload(ds[killed as usize - 1].addr, b"x")
+    let e = try_upload(c.dataservers[killed as usize - 1].addr, b"x")
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::NotMaster, "{e}");
@@ -210,26 +174,25 @@ async fn members_join_route_to_the_master_and_go_offline() {
 /// and accepts writes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_master_appoints_a_new_one() {
-    let leaders = Leaders::start(3, FAST);
-    let lc = leader_client(&leaders);
-    let mut ds: Vec<Dataserver> = (1..=3)
-        .map(|id| dataserver(&leaders, id, &["--heartbeat-ms", "300"]))
-        .collect();
-    let map = wait_map(&lc, Duration::from_secs(15), "three ACTIVE members", |m| {
-        all_active(m, &[1, 2, 3])
-    })
-    .await;
+    let mut c = Cluster::start(fast(3));
+    let lc = c.leader_client();
+    let map = c
+        .wait_map(&lc, Duration::from_secs(15), "three ACTIVE members", |m| {
+            all_active(m, &[1, 2, 3])
+        })
+        .await;
     let g = map.group("group1").expect("group1").clone();
     let old = g.master.expect("a master");
     upload_ok(addr_of(&map, old), b"before failover").await;
 
-    ds[old as usize - 1].kill();
+    c.dataservers[old as usize - 1].kill();
     let t_kill = Instant::now();
-    let m = wait_map(&lc, Duration::from_secs(10), "a new master", |m| {
-        m.group("group1")
-            .is_some_and(|ng| ng.master.is_some_and(|x| x != old) && ng.epoch > g.epoch)
-    })
-    .await;
+    let m = c
+        .wait_map(&lc, Duration::from_secs(10), "a new master", |m| {
+            m.group("group1")
+                .is_some_and(|ng| ng.master.is_some_and(|x| x != old) && ng.epoch > g.epoch)
+        })
+        .await;
     let appointed = t_kill.elapsed();
     let ng = m.group("group1").expect("group1");
     let new = ng.master.expect("new master");
@@ -283,24 +246,24 @@ async fn killing_the_master_appoints_a_new_one() {
 /// and serves again once they are back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_cut_off_from_the_leaders_stops_within_its_lease() {
-    let leaders = Leaders::start(3, FAST);
-    let lc = leader_client(&leaders);
-    let mut ds = dataserver(&leaders, 1, &["--heartbeat-ms", "300"]);
-    wait_map(&lc, Duration::from_secs(15), "single master", |m| {
+    let mut c = Cluster::start(fast(1));
+    let lc = c.leader_client();
+    let ds_addr = c.dataservers[0].addr;
+    c.wait_map(&lc, Duration::from_secs(15), "single master", |m| {
         all_active(m, &[1])
     })
     .await;
     // Serving (wait for the first lease).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while try_upload(ds.addr, b"x").await.is_err() {
+    while try_upload(ds_addr, b"x").await.is_err() {
         assert!(Instant::now() < deadline, "master never served");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    leaders.suspend_all();
+    c.leaders.suspend_all();
     let t_cut = Instant::now();
     let refused = loop {
-        match try_upload(ds.addr, b"while cut off").await {
+        match try_upload(ds_addr, b"while cut off").await {
             Ok(_) => {}
             Err(e) => break e,
         }
@@ -324,15 +287,15 @@ async fn a_master_cut_off_from_the_leaders_stops_within_its_lease() {
     );
     // Pings still answer.
     assert!(matches!(
-        call_epoch(ds.addr, Request::Ping, 0).await,
+        call_epoch(ds_addr, Request::Ping, 0).await,
         Ok(Reply::Pong { .. })
     ));
 
-    leaders.resume_all();
+    c.leaders.resume_all();
     let t_back = Instant::now();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        match try_upload(ds.addr, b"back").await {
+        match try_upload(ds_addr, b"back").await {
             Ok(_) => break,
             Err(e) => {
                 assert!(Instant::now() < deadline, "never served again: {e}");
@@ -345,6 +308,7 @@ async fn a_master_cut_off_from_the_leaders_stops_within_its_lease() {
         t_back.elapsed()
     );
     // SIGTERM stops heartbeats and the server cleanly.
+    let ds = &mut c.dataservers[0];
     assert!(ds.stop(), "clean exit on SIGTERM: {}", ds.log_text());
     assert!(ds.log_text().contains("stopped"));
 }
@@ -355,14 +319,14 @@ async fn a_master_cut_off_from_the_leaders_stops_within_its_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_once_leaders_appear_and_a_refused_join_is_fatal() {
     // Reserve the leaders' addresses, start the dataserver first.
-    let mut leaders = Leaders::prepare(3, FAST);
-    let lc = leader_client(&leaders);
-    let ds = dataserver(&leaders, 1, &["--heartbeat-ms", "300"]);
-    let e = try_upload(ds.addr, b"too early").await.unwrap_err();
+    let mut c = Cluster::start_dataservers_first(fast(1));
+    let lc = c.leader_client();
+    let ds_addr = c.dataservers[0].addr;
+    let e = try_upload(ds_addr, b"too early").await.unwrap_err();
     assert_eq!(e.code, ErrorCode::Unavailable, "{e}");
     assert!(e.message.contains("not joined"), "{e}");
-    leaders.start_all();
-    wait_map(
+    c.leaders.start_all();
+    c.wait_map(
         &lc,
         Duration::from_secs(15),
         "joined after leaders came up",
@@ -370,42 +334,28 @@ async fn joins_once_leaders_appear_and_a_refused_join_is_fatal() {
     )
     .await;
     assert!(
-        ds.log_text().contains("joined the cluster"),
+        c.dataservers[0].log_text().contains("joined the cluster"),
         "{}",
-        ds.log_text()
+        c.dataservers[0].log_text()
     );
 
     // Same id, another address: refused, exit non-zero.
     let dir = tempfile::tempdir().expect("tempdir");
     let log_path = dir.path().join("refused.log");
     let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = Command::new(testkit::bin("chorus-dataserver"))
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("--listen")
-        .arg(testkit::free_addr().to_string())
-        .arg("--server-id")
-        .arg("1")
-        .arg("--reserved-space")
-        .arg("16MiB")
-        .arg("--leaders")
-        .arg(leaders.addrs().join(","))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("a refused join did not end the process");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut child = DataserverOpts {
+        server_id: 1,
+        leaders: c.leaders.addrs(),
+        ..DataserverOpts::default()
+    }
+    .command(dir.path(), testkit::free_addr())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(log)
+    .spawn()
+    .expect("spawn");
+    let Some(status) = testkit::wait_exit(&mut child, Duration::from_secs(20)) else {
+        panic!("a refused join did not end the process");
     };
     let stderr = std::fs::read_to_string(&log_path).unwrap_or_default();
     assert!(!status.success(), "a refused join must fail: {stderr}");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use client::{Client, ClientConfig, UploadOptions};
 use serde_json::Value;
 
-use crate::cluster_harness::Cluster;
+use crate::cluster_harness::{self, Cli};
 use crate::harness::{chorus_bin, pattern, run_chorus_with};
 
 /// The leaders' default `server_timeout`.
@@ -30,7 +30,7 @@ fn server(st: &Value, id: u64) -> &Value {
 
 #[test]
 fn status_json_shows_leaders_groups_and_servers() {
-    let c = Cluster::start(3);
+    let c = cluster_harness::start(3);
     let st = c.status_json();
     let leaders = st["leaders"].as_array().unwrap();
     assert_eq!(leaders.len(), 3, "{st}");
@@ -99,7 +99,7 @@ fn status_json_shows_leaders_groups_and_servers() {
 
 #[test]
 fn killed_dataserver_shows_offline_within_the_server_timeout() {
-    let mut c = Cluster::start(3);
+    let mut c = cluster_harness::start(3);
     let st = c.status_json();
     let master = st["groups"][0]["master"].as_u64().unwrap();
     // Kill a slave (a master would be replaced: another story).
@@ -133,11 +133,11 @@ fn killed_dataserver_shows_offline_within_the_server_timeout() {
 
 #[test]
 fn failover_moves_the_master_while_cluster_uploads_keep_succeeding() {
-    let c = Cluster::start(3);
+    let c = cluster_harness::start(3);
     let before = c.status_json();
     let old_master = before["groups"][0]["master"].as_u64().unwrap();
     let old_epoch = before["groups"][0]["epoch"].as_u64().unwrap();
-    let leaders = c.leader_addrs();
+    let leaders = c.leaders.addrs();
 
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
@@ -208,7 +208,7 @@ fn failover_moves_the_master_while_cluster_uploads_keep_succeeding() {
     // Refusals are reported with the leaders' code.
     c.chorus(&["failover", "nosuchgroup"])
         .fails_with(3, "not_found");
-    let map = c.map().unwrap();
+    let map = c.map_blocking().unwrap();
     assert_eq!(map.group("group1").unwrap().epoch, new_epoch);
 }
 

@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use testkit::{Dataserver, DataserverOpts};
 
@@ -136,17 +136,8 @@ pub fn run_chorus_with(global: &[&str], args: &[&str], stdin: Option<&[u8]>) -> 
         let _ = err_pipe.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + RUN_LIMIT;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for chorus") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chorus {args:?} did not finish within {RUN_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    let Some(status) = testkit::wait_exit(&mut child, RUN_LIMIT) else {
+        panic!("chorus {args:?} did not finish within {RUN_LIMIT:?}");
     };
     if let Some(w) = writer {
         let _ = w.join();

@@ -1,0 +1,72 @@
+//! Loopback addresses and liveness probes.
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+/// A free loopback port (bound then released).
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr")
+}
+
+/// Run `fut` to completion on a fresh current-thread runtime on its own
+/// thread: callable from sync tests and from inside async ones alike.
+pub fn block_on<F>(fut: F) -> F::Output
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(fut)
+        })
+        .join()
+        .expect("block_on thread panicked")
+    })
+}
+
+/// Whether a dataserver answers a ping at `addr` (1 s bound).
+/// Safe to call from inside an async test: it runs on its own thread.
+pub fn ping(addr: SocketAddr) -> bool {
+    block_on(async move {
+        tokio::time::timeout(Duration::from_secs(1), ping_once(addr))
+            .await
+            .unwrap_or(false)
+    })
+}
+
+async fn ping_once(addr: SocketAddr) -> bool {
+    let Ok(s) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    let (r, w) = s.into_split();
+    let mut w = proto::FrameWriter::new(w);
+    let mut r = proto::FrameReader::new(r);
+    let req = proto::Message::Request(proto::RequestEnvelope {
+        id: 1,
+        client_id: 0,
+        seq: 0,
+        epoch: 0,
+        op: proto::Request::Ping,
+    });
+    if w.write(&req, &[]).await.is_err() {
+        return false;
+    }
+    matches!(
+        r.read::<proto::Message>().await,
+        Ok(Some((
+            proto::Message::Response(proto::ResponseEnvelope { result: Ok(_), .. }),
+            _
+        )))
+    )
+}
+
+/// Whether anything accepts TCP connections at `addr`.
+pub fn port_open(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
