@@ -237,6 +237,11 @@ impl Client {
             Reply::Deleted { .. } => "deleted",
             Reply::Meta { .. } => "meta",
             Reply::Exists(_) => "exists",
+            Reply::Replicated { .. } => "replicated",
+            Reply::ReplLog { .. } => "repl_log",
+            Reply::ReplFile { .. } => "repl_file",
+            Reply::Activated { .. } => "activated",
+            Reply::Files { .. } => "files",
         };
         ClientError::Protocol {
             addr: self.inner.router.describe().to_string(),

@@ -286,6 +286,7 @@ mod tests {
             master,
             epoch,
             master_lease_ms: 3000,
+            epoch_starts: Vec::new(),
         }
     }
 

@@ -350,6 +350,74 @@ impl LeaderClient {
         }
     }
 
+    /// As the master of `group` at `epoch`: `slave` missed a replication
+    /// deadline (the leaders mark it OFFLINE before answering).
+    pub async fn slave_failed(
+        &self,
+        group: &str,
+        master: ServerId,
+        slave: ServerId,
+        epoch: u64,
+    ) -> Result<ServerInfo, LeaderClientError> {
+        let op = LeaderRequest::SlaveFailed {
+            group: group.to_string(),
+            master,
+            slave,
+            epoch,
+        };
+        match self.call(op).await? {
+            LeaderReply::Progress { server, .. } => Ok(server),
+            other => Err(LeaderClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// As the master of `group` at `epoch`: the epoch starts after `version`.
+    pub async fn epoch_started(
+        &self,
+        group: &str,
+        master: ServerId,
+        epoch: u64,
+        version: u64,
+    ) -> Result<(), LeaderClientError> {
+        let op = LeaderRequest::EpochStarted {
+            group: group.to_string(),
+            master,
+            epoch,
+            version,
+        };
+        match self.call(op).await? {
+            LeaderReply::FailedOver { .. } => Ok(()),
+            other => Err(LeaderClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    /// As the master of `group` at `epoch`: ONLINE `slave` has every
+    /// version up to `data_version` and gets every new write; make it ACTIVE.
+    /// Returns the server and the map version of the change.
+    pub async fn activate(
+        &self,
+        group: &str,
+        master: ServerId,
+        slave: ServerId,
+        epoch: u64,
+        data_version: u64,
+    ) -> Result<(ServerInfo, u64), LeaderClientError> {
+        let op = LeaderRequest::Activate {
+            group: group.to_string(),
+            master,
+            slave,
+            epoch,
+            data_version,
+        };
+        match self.call(op).await? {
+            LeaderReply::Progress {
+                server,
+                map_version,
+            } => Ok((server, map_version)),
+            other => Err(LeaderClientError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
     /// The status of whichever leader answers first (the known leader first).
     pub async fn status(&self) -> Result<LeaderStatus, LeaderClientError> {
         match self.call(LeaderRequest::Status).await? {

@@ -47,7 +47,9 @@ mod config;
 mod conn;
 mod error;
 pub mod leader;
+mod listing;
 mod options;
+pub mod peer;
 mod pool;
 mod route;
 
@@ -55,6 +57,7 @@ pub use client::{Client, ClientStats};
 pub use cluster::UploadGroupRule;
 pub use config::ClientConfig;
 pub use error::{ClientError, Result};
+pub use listing::LIST_PAGE;
 pub use options::{ByteRange, FileMeta, PingInfo, UploadOptions};
 pub use proto::cluster::ClusterMap;
-pub use proto::{ErrorCode, FileId, FileStat, MetaEntry, MetaMode};
+pub use proto::{ErrorCode, FileId, FileStat, FileSummary, MetaEntry, MetaMode};

@@ -5,4 +5,5 @@
 pub mod cluster;
 pub mod config;
 pub mod engine;
+pub mod repl;
 pub mod server;

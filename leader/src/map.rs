@@ -5,7 +5,10 @@
 //! `version` and stamps `updated_ms` with the proposal time it carries, so
 //! applying the same log on every leader gives the same map.
 
-use proto::cluster::{ClusterMap, GroupInfo, JoinRequest, ServerId, ServerInfo, ServerStatus};
+use proto::cluster::{
+    ClusterMap, EpochStart, GroupInfo, JoinRequest, ServerId, ServerInfo, ServerStatus,
+    EPOCH_HISTORY,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::status::{transition, StatusEvent};
@@ -38,11 +41,41 @@ pub enum Command {
     /// An operator removes a server.
     Remove { id: ServerId, at_ms: u64 },
     /// Appoint `to` master of `group`, if the group's epoch is still
-    /// `expected_epoch`; raises the epoch.
+    /// `expected_epoch`; raises the epoch and records `start_version` (the
+    /// new master's data version as last heard) as the epoch's start.
     SetMaster {
         group: String,
         to: ServerId,
         expected_epoch: u64,
+        start_version: u64,
+        at_ms: u64,
+    },
+    /// The master of `group` at `epoch` reports the exact version its
+    /// epoch starts after.
+    EpochStarted {
+        group: String,
+        master: ServerId,
+        epoch: u64,
+        version: u64,
+        at_ms: u64,
+    },
+    /// The master of `group` at `epoch` reports that `slave` missed a
+    /// replication deadline (ACTIVE/ONLINE → OFFLINE).
+    DropSlave {
+        group: String,
+        master: ServerId,
+        slave: ServerId,
+        epoch: u64,
+        at_ms: u64,
+    },
+    /// The master of `group` at `epoch` vouches for ONLINE `slave`
+    /// (→ ACTIVE) at `data_version`.
+    Activate {
+        group: String,
+        master: ServerId,
+        slave: ServerId,
+        epoch: u64,
+        data_version: u64,
         at_ms: u64,
     },
 }
@@ -147,8 +180,49 @@ pub fn apply(map: &mut ClusterMap, cmd: &Command) -> Result<Applied, Refused> {
             group,
             to,
             expected_epoch,
+            start_version,
             ..
-        } => set_master(map, group, *to, *expected_epoch),
+        } => set_master(map, group, *to, *expected_epoch, *start_version),
+        Command::EpochStarted {
+            group,
+            master,
+            epoch,
+            version,
+            ..
+        } => epoch_started(map, group, *master, *epoch, *version),
+        Command::DropSlave {
+            group,
+            master,
+            slave,
+            epoch,
+            at_ms,
+        } => master_vouched(
+            map,
+            group,
+            *master,
+            *slave,
+            *epoch,
+            StatusEvent::Dropped,
+            None,
+            *at_ms,
+        ),
+        Command::Activate {
+            group,
+            master,
+            slave,
+            epoch,
+            data_version,
+            at_ms,
+        } => master_vouched(
+            map,
+            group,
+            *master,
+            *slave,
+            *epoch,
+            StatusEvent::Activated,
+            Some(*data_version),
+            *at_ms,
+        ),
     };
     match res {
         Ok(applied) => {
@@ -170,7 +244,10 @@ fn at_ms(cmd: &Command) -> u64 {
         Command::Join { at_ms, .. }
         | Command::Event { at_ms, .. }
         | Command::Remove { at_ms, .. }
-        | Command::SetMaster { at_ms, .. } => *at_ms,
+        | Command::SetMaster { at_ms, .. }
+        | Command::EpochStarted { at_ms, .. }
+        | Command::DropSlave { at_ms, .. }
+        | Command::Activate { at_ms, .. } => *at_ms,
     }
 }
 
@@ -213,7 +290,7 @@ fn join(
                 )));
             }
             let is_master = map.group(&old.group).and_then(|g| g.master) == Some(req.id);
-            let to = transition(Some(old.status), StatusEvent::Returned { is_master })
+            let to = transition(Some(old.status), StatusEvent::Restarted { is_master })
                 .map_err(|e| bad(e.to_string()))?;
             let s = map
                 .server_mut(req.id)
@@ -244,6 +321,7 @@ fn join(
                         master: None,
                         epoch: 0,
                         master_lease_ms,
+                        epoch_starts: Vec::new(),
                     },
                 );
             }
@@ -262,6 +340,7 @@ fn join(
             if group.master.is_none() && status == ServerStatus::Active {
                 group.master = Some(req.id);
                 group.epoch += 1;
+                push_epoch(group, stats.data_version);
             }
             let info = ServerInfo {
                 id: req.id,
@@ -348,11 +427,90 @@ fn remove(map: &mut ClusterMap, id: ServerId, at_ms: u64) -> Result<Applied, Ref
     Ok(Applied::Server(s.clone()))
 }
 
+fn push_epoch(g: &mut GroupInfo, version: u64) {
+    g.epoch_starts.push(EpochStart {
+        epoch: g.epoch,
+        version,
+    });
+    if g.epoch_starts.len() > EPOCH_HISTORY {
+        let extra = g.epoch_starts.len() - EPOCH_HISTORY;
+        g.epoch_starts.drain(..extra);
+    }
+}
+
+/// A status event the group's master reports about one of its slaves; it
+/// counts only while `master` is still the master at `epoch`.
+#[allow(clippy::too_many_arguments)]
+fn master_vouched(
+    map: &mut ClusterMap,
+    group: &str,
+    master: ServerId,
+    slave: ServerId,
+    epoch: u64,
+    event: StatusEvent,
+    data_version: Option<u64>,
+    at_ms: u64,
+) -> Result<Applied, Refused> {
+    let Some(g) = map.group(group) else {
+        return Err(not_found(format!("no group {group:?}")));
+    };
+    if g.master != Some(master) || g.epoch != epoch {
+        return Err(bad(format!(
+            "server {master} is not the master of {group} at epoch {epoch} (epoch {} now)",
+            g.epoch
+        )));
+    }
+    if slave == master || !g.members.contains(&slave) {
+        return Err(bad(format!(
+            "server {slave} is not a slave of group {group}"
+        )));
+    }
+    let Some(server) = map.server(slave) else {
+        return Err(not_found(format!("server {slave} is not in the map")));
+    };
+    let to = transition(Some(server.status), event).map_err(|e| bad(e.to_string()))?;
+    let s = map
+        .server_mut(slave)
+        .ok_or_else(|| not_found(format!("server {slave}")))?;
+    set_status(s, to, at_ms);
+    if let Some(v) = data_version {
+        s.data_version = v;
+    }
+    Ok(Applied::Server(s.clone()))
+}
+
+fn epoch_started(
+    map: &mut ClusterMap,
+    group: &str,
+    master: ServerId,
+    epoch: u64,
+    version: u64,
+) -> Result<Applied, Refused> {
+    let Some(g) = map.group_mut(group) else {
+        return Err(not_found(format!("no group {group:?}")));
+    };
+    if g.master != Some(master) || g.epoch != epoch {
+        return Err(bad(format!(
+            "server {master} is not the master of {group} at epoch {epoch} (epoch {} now)",
+            g.epoch
+        )));
+    }
+    match g.epoch_starts.last_mut() {
+        Some(e) if e.epoch == epoch => e.version = version,
+        _ => push_epoch(g, version),
+    }
+    Ok(Applied::Group(g.clone()))
+}
+
+/// Appoint `to`; every other replicating member (ACTIVE, ONLINE) goes back
+/// to RECOVERING, to check its history against the new master's before it
+/// takes writes again.
 fn set_master(
     map: &mut ClusterMap,
     group: &str,
     to: ServerId,
     expected_epoch: u64,
+    start_version: u64,
 ) -> Result<Applied, Refused> {
     let Some(g) = map.group(group) else {
         return Err(not_found(format!("no group {group:?}")));
@@ -383,7 +541,16 @@ fn set_master(
         .ok_or_else(|| not_found(format!("no group {group:?}")))?;
     g.master = Some(to);
     g.epoch += 1;
-    Ok(Applied::Group(g.clone()))
+    push_epoch(g, start_version);
+    let g = g.clone();
+    for id in g.members.iter().filter(|id| **id != to) {
+        if let Some(s) = map.server_mut(*id) {
+            if let Ok(next) = transition(Some(s.status), StatusEvent::NewMaster) {
+                s.status = next;
+            }
+        }
+    }
+    Ok(Applied::Group(g))
 }
 
 /// The ACTIVE member of `group` best placed to become master: the highest
@@ -443,6 +610,20 @@ mod tests {
                 at_ms: 2,
             },
         )
+    }
+
+    /// The group's master vouches for `id` (ONLINE → ACTIVE).
+    fn activate(map: &mut ClusterMap, id: ServerId) -> Result<Applied, Refused> {
+        let g = map.group("g1").unwrap();
+        let cmd = Command::Activate {
+            group: "g1".into(),
+            master: g.master.unwrap(),
+            slave: id,
+            epoch: g.epoch,
+            data_version: 0,
+            at_ms: 3,
+        };
+        apply(map, &cmd)
     }
 
     fn status(map: &ClusterMap, id: ServerId) -> ServerStatus {
@@ -561,6 +742,7 @@ mod tests {
             group: "g1".into(),
             to,
             expected_epoch,
+            start_version: 40,
             at_ms: 3,
         };
         let before = m.clone();
@@ -587,21 +769,127 @@ mod tests {
             )
             .unwrap();
         }
-        event(
-            &mut m,
-            2,
-            StatusEvent::Progress {
-                reached: ServerStatus::Active,
-                caught_up: true,
-            },
-        )
-        .unwrap();
+        activate(&mut m, 2).unwrap();
         // Stale epoch refused.
         assert!(apply(&mut m, &sm(2, 0)).is_err());
         let Applied::Group(g) = apply(&mut m, &sm(2, 1)).unwrap() else {
             panic!("expected a group");
         };
         assert_eq!((g.master, g.epoch), (Some(2), 2));
+        // The old master was ACTIVE: it must recheck its history.
+        assert_eq!(status(&m, 1), ServerStatus::Recovering);
+        apply(
+            &mut m,
+            &Command::EpochStarted {
+                group: "g1".into(),
+                master: 2,
+                epoch: 2,
+                version: 40,
+                at_ms: 4,
+            },
+        )
+        .unwrap();
+        let g = m.group("g1").unwrap().clone();
+        // Only the master at the current epoch reports its start.
+        let stale = Command::EpochStarted {
+            group: "g1".into(),
+            master: 1,
+            epoch: 2,
+            version: 41,
+            at_ms: 5,
+        };
+        assert!(apply(&mut m, &stale).is_err());
+        assert_eq!(
+            g.epoch_starts,
+            vec![
+                EpochStart {
+                    epoch: 1,
+                    version: 0
+                },
+                EpochStart {
+                    epoch: 2,
+                    version: 40
+                }
+            ]
+        );
+        let _ = g;
+    }
+
+    #[test]
+    fn only_the_current_master_drops_and_activates_slaves() {
+        let mut m = ClusterMap::default();
+        join(&mut m, 1, "g1").unwrap();
+        join(&mut m, 2, "g1").unwrap();
+        join(&mut m, 3, "g2").unwrap();
+        for reached in [ServerStatus::Syncing, ServerStatus::Online] {
+            event(
+                &mut m,
+                2,
+                StatusEvent::Progress {
+                    reached,
+                    caught_up: false,
+                },
+            )
+            .unwrap();
+        }
+        let cmd = |master, slave, epoch, activate: bool| {
+            if activate {
+                Command::Activate {
+                    group: "g1".into(),
+                    master,
+                    slave,
+                    epoch,
+                    data_version: 12,
+                    at_ms: 4,
+                }
+            } else {
+                Command::DropSlave {
+                    group: "g1".into(),
+                    master,
+                    slave,
+                    epoch,
+                    at_ms: 4,
+                }
+            }
+        };
+        let before = m.clone();
+        // Not the master, a stale epoch, the master itself, another group.
+        assert!(apply(&mut m, &cmd(2, 2, 1, true)).is_err());
+        assert!(apply(&mut m, &cmd(1, 2, 0, true)).is_err());
+        assert!(apply(&mut m, &cmd(1, 1, 1, true)).is_err());
+        assert!(apply(&mut m, &cmd(1, 3, 1, true)).is_err());
+        assert_eq!(m, before);
+        apply(&mut m, &cmd(1, 2, 1, true)).unwrap();
+        assert_eq!(status(&m, 2), ServerStatus::Active);
+        assert_eq!(m.server(2).unwrap().data_version, 12);
+        apply(&mut m, &cmd(1, 2, 1, false)).unwrap();
+        assert_eq!(status(&m, 2), ServerStatus::Offline);
+        // Dropping an OFFLINE slave again is refused.
+        assert!(apply(&mut m, &cmd(1, 2, 1, false)).is_err());
+    }
+
+    #[test]
+    fn a_restarted_slave_recovers_a_restarted_master_stays() {
+        let mut m = ClusterMap::default();
+        join(&mut m, 1, "g1").unwrap();
+        join(&mut m, 2, "g1").unwrap();
+        for reached in [ServerStatus::Syncing, ServerStatus::Online] {
+            event(
+                &mut m,
+                2,
+                StatusEvent::Progress {
+                    reached,
+                    caught_up: false,
+                },
+            )
+            .unwrap();
+        }
+        activate(&mut m, 2).unwrap();
+        join(&mut m, 2, "g1").unwrap();
+        join(&mut m, 1, "g1").unwrap();
+        assert_eq!(status(&m, 2), ServerStatus::Recovering);
+        assert_eq!(status(&m, 1), ServerStatus::Active);
+        assert_eq!(m.group("g1").unwrap().master, Some(1));
     }
 
     #[test]
@@ -630,11 +918,7 @@ mod tests {
         join(&mut m, 2, "g1").unwrap();
         join(&mut m, 3, "g1").unwrap();
         for id in [2, 3] {
-            for reached in [
-                ServerStatus::Syncing,
-                ServerStatus::Online,
-                ServerStatus::Active,
-            ] {
+            for reached in [ServerStatus::Syncing, ServerStatus::Online] {
                 event(
                     &mut m,
                     id,
@@ -645,6 +929,7 @@ mod tests {
                 )
                 .unwrap();
             }
+            activate(&mut m, id).unwrap();
         }
         let v = |s: &ServerInfo| if s.id == 3 { 10 } else { 5 };
         assert_eq!(best_candidate(&m, "g1", Some(1), v), Some(3));

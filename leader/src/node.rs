@@ -194,6 +194,64 @@ impl Node {
                 data_version,
             } => self.progress(id, status, data_version).await,
             LeaderRequest::Status => Ok(LeaderReply::Status(self.status())),
+            LeaderRequest::SlaveFailed {
+                group,
+                master,
+                slave,
+                epoch,
+            } => {
+                let cmd = Command::DropSlave {
+                    group,
+                    master,
+                    slave,
+                    epoch,
+                    at_ms: now_ms(),
+                };
+                self.vouched(cmd, slave).await
+            }
+            LeaderRequest::EpochStarted {
+                group,
+                master,
+                epoch,
+                version,
+            } => {
+                self.require_leader()?;
+                let cmd = Command::EpochStarted {
+                    group,
+                    master,
+                    epoch,
+                    version,
+                    at_ms: now_ms(),
+                };
+                self.precheck(&cmd)?;
+                match self.commit(cmd).await? {
+                    (Applied::Group(group), map_version) => {
+                        tracing::info!(group = %group.name, epoch = group.epoch, version, "epoch start recorded");
+                        Ok(LeaderReply::FailedOver { group, map_version })
+                    }
+                    _ => Err(LeaderError::new(
+                        ErrorCode::Internal,
+                        "epoch start applied nothing",
+                    )),
+                }
+            }
+            LeaderRequest::Activate {
+                group,
+                master,
+                slave,
+                epoch,
+                data_version,
+            } => {
+                let cmd = Command::Activate {
+                    group,
+                    master,
+                    slave,
+                    epoch,
+                    data_version,
+                    at_ms: now_ms(),
+                };
+                self.vouched(cmd, slave).await
+            }
             LeaderRequest::Subscribe => Err(LeaderError::new(
                 ErrorCode::Protocol,
                 "subscribe is served by the connection handler",
@@ -344,6 +402,25 @@ impl Node {
         }
     }
 
+    /// A master's report about one of its slaves (dropped, activated).
+    async fn vouched(&self, cmd: Command, slave: ServerId) -> Result<LeaderReply, LeaderError> {
+        self.require_leader()?;
+        self.precheck(&cmd)?;
+        match self.commit(cmd).await? {
+            (Applied::Server(server), map_version) => {
+                tracing::warn!(id = slave, status = %server.status, "master reported a slave");
+                Ok(LeaderReply::Progress {
+                    server,
+                    map_version,
+                })
+            }
+            _ => Err(LeaderError::new(
+                ErrorCode::Internal,
+                "slave report applied nothing",
+            )),
+        }
+    }
+
     async fn failover(
         &self,
         group: String,
@@ -374,6 +451,7 @@ impl Node {
             group: group.clone(),
             to: target,
             expected_epoch: g.epoch,
+            start_version: 0,
             at_ms: now_ms(),
         };
         self.precheck(&cmd)?;
@@ -402,8 +480,16 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if let Command::SetMaster { at_ms, .. } = &mut cmd {
+        if let Command::SetMaster {
+            at_ms,
+            start_version,
+            ..
+        } = &mut cmd
+        {
             *at_ms = now_ms();
+            // Read only now: the target keeps applying until the old lease ran out.
+            let recorded = map.server(target).map_or(0, |s| s.data_version);
+            *start_version = self.live_version(target, recorded);
         }
         match self.commit(cmd).await? {
             (Applied::Group(group), map_version) => {
@@ -535,10 +621,12 @@ impl Node {
             }) else {
                 continue;
             };
+            let recorded = map.server(to).map_or(0, |s| s.data_version);
             let cmd = Command::SetMaster {
                 group: g.name.clone(),
                 to,
                 expected_epoch: g.epoch,
+                start_version: self.live_version(to, recorded),
                 at_ms: now_ms(),
             };
             match self.commit(cmd).await {

@@ -6,12 +6,22 @@
 //! | (new) / DELETED              | `Joined`, group has other members       | WAIT_SYNC   |
 //! | OFFLINE                      | `Returned`, still the group's master    | ACTIVE      |
 //! | OFFLINE                      | `Returned`, not the master              | RECOVERING  |
-//! | any other alive status       | `Returned` (a restart within timeout)   | unchanged   |
+//! | any other alive status       | `Returned` (a heartbeat)                | unchanged   |
+//! | RECOVERING, ONLINE, ACTIVE   | `Restarted`, not the master (rejoined   | RECOVERING  |
+//! |                              | within the timeout: its replication     |             |
+//! |                              | stream was cut)                         |             |
+//! | OFFLINE                      | `Restarted`                             | as `Returned` |
+//! | any other alive status       | `Restarted`                             | unchanged   |
 //! | INIT                         | `Progress(WAIT_SYNC)`                   | WAIT_SYNC   |
 //! | WAIT_SYNC                    | `Progress(SYNCING)`                     | SYNCING     |
 //! | SYNCING, RECOVERING          | `Progress(ONLINE)`                      | ONLINE      |
-//! | ONLINE                       | `Progress(ACTIVE)`, caught up           | ACTIVE      |
+//! | ONLINE                       | `Activated` (the master vouches that it | ACTIVE      |
+//! |                              | has every version and gets every write) |             |
 //! | any alive status             | `TimedOut`                              | OFFLINE     |
+//! | ACTIVE, ONLINE               | `Dropped` (missed a replication         | OFFLINE     |
+//! |                              | deadline; reported by the master)       |             |
+//! | ACTIVE, ONLINE               | `NewMaster` (another member became      | RECOVERING  |
+//! |                              | master: recheck history, catch up)      |             |
 //! | anything but DELETED         | `Removed`                               | DELETED     |
 //!
 //! Everything else is refused with a [`TransitionError`] and changes nothing.
@@ -28,14 +38,24 @@ pub enum StatusEvent {
     /// heartbeat). `is_master`: the group's map still names it master, so
     /// nobody else can have taken writes since it left.
     Returned { is_master: bool },
+    /// A known server joins again (it restarted). A slave that was
+    /// receiving writes lost its stream and must catch up.
+    Restarted { is_master: bool },
     /// Silent for longer than the server timeout.
     TimedOut,
-    /// The dataserver reports it reached `reached`; `caught_up` is whether
-    /// its data version equals the master's (needed for ACTIVE).
+    /// The master reports the slave missed a replication deadline.
+    Dropped,
+    /// Another member of the group was made master.
+    NewMaster,
+    /// The dataserver reports it reached `reached` (WAIT_SYNC, SYNCING,
+    /// ONLINE). `caught_up` is informational.
     Progress {
         reached: ServerStatus,
         caught_up: bool,
     },
+    /// The master vouches the ONLINE slave has every version it assigned
+    /// and receives every new write.
+    Activated,
     /// An operator removed it.
     Removed,
 }
@@ -73,6 +93,17 @@ pub fn transition(
         (Some(Offline), StatusEvent::Returned { is_master: true }) => Active,
         (Some(Offline), StatusEvent::Returned { is_master: false }) => Recovering,
         (Some(s), StatusEvent::Returned { .. }) if s.is_alive() => s,
+        (Some(Offline), StatusEvent::Restarted { is_master }) => {
+            if is_master {
+                Active
+            } else {
+                Recovering
+            }
+        }
+        (Some(Recovering | Online | Active), StatusEvent::Restarted { is_master: false }) => {
+            Recovering
+        }
+        (Some(s), StatusEvent::Restarted { .. }) if s.is_alive() => s,
         (
             Some(Init),
             StatusEvent::Progress {
@@ -91,14 +122,10 @@ pub fn transition(
                 reached: Online, ..
             },
         ) => Online,
-        (
-            Some(Online),
-            StatusEvent::Progress {
-                reached: Active,
-                caught_up: true,
-            },
-        ) => Active,
+        (Some(Online), StatusEvent::Activated) => Active,
         (Some(s), StatusEvent::TimedOut) if s.is_alive() => Offline,
+        (Some(Active | Online), StatusEvent::Dropped) => Offline,
+        (Some(Active | Online), StatusEvent::NewMaster) => Recovering,
         (Some(s), StatusEvent::Removed) if s != Deleted => Deleted,
         _ => return Err(refuse(from, event)),
     };
@@ -170,9 +197,12 @@ mod tests {
         assert_eq!(transition(Some(WaitSync), p(Syncing, false)), Ok(Syncing));
         assert_eq!(transition(Some(Syncing), p(Online, false)), Ok(Online));
         assert_eq!(transition(Some(Recovering), p(Online, false)), Ok(Online));
-        assert_eq!(transition(Some(Online), p(Active, true)), Ok(Active));
-        // ACTIVE only when caught up with the master.
-        assert!(transition(Some(Online), p(Active, false)).is_err());
+        // ACTIVE only when the master vouches for it.
+        assert!(transition(Some(Online), p(Active, true)).is_err());
+        assert_eq!(transition(Some(Online), StatusEvent::Activated), Ok(Active));
+        for s in ALL.into_iter().filter(|s| *s != Online) {
+            assert!(transition(Some(s), StatusEvent::Activated).is_err(), "{s}");
+        }
         // No skipping rungs, no going back, nothing from OFFLINE / DELETED.
         assert!(transition(Some(WaitSync), p(Active, true)).is_err());
         assert!(transition(Some(Recovering), p(Active, true)).is_err());
@@ -182,6 +212,45 @@ mod tests {
         for s in ALL {
             assert!(transition(Some(s), p(Offline, true)).is_err());
             assert!(transition(Some(s), p(Deleted, true)).is_err());
+        }
+    }
+
+    #[test]
+    fn restarts_send_replicating_slaves_back_to_recovering() {
+        let r = |s, is_master| transition(Some(s), StatusEvent::Restarted { is_master });
+        for s in [Recovering, Online, Active] {
+            assert_eq!(r(s, false), Ok(Recovering), "{s}");
+        }
+        assert_eq!(r(Active, true), Ok(Active));
+        assert_eq!(r(Offline, true), Ok(Active));
+        assert_eq!(r(Offline, false), Ok(Recovering));
+        for s in [Init, WaitSync, Syncing] {
+            assert_eq!(r(s, false), Ok(s));
+        }
+        assert!(r(Deleted, false).is_err());
+    }
+
+    #[test]
+    fn a_new_master_sends_replicating_members_to_recovering() {
+        for s in ALL {
+            let r = transition(Some(s), StatusEvent::NewMaster);
+            if matches!(s, Active | Online) {
+                assert_eq!(r, Ok(Recovering), "{s}");
+            } else {
+                assert!(r.is_err(), "{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_replicating_slaves_are_dropped() {
+        for s in ALL {
+            let r = transition(Some(s), StatusEvent::Dropped);
+            if matches!(s, Active | Online) {
+                assert_eq!(r, Ok(Offline), "{s}");
+            } else {
+                assert!(r.is_err(), "{s}");
+            }
         }
     }
 

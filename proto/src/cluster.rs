@@ -202,6 +202,55 @@ pub struct GroupInfo {
     /// How long a master lease granted in a heartbeat answer lasts, in ms.
     /// The leader promotes a new master only after the old one's expired.
     pub master_lease_ms: u32,
+    /// The most recent epochs (at most [`EPOCH_HISTORY`]), ascending, each
+    /// with the data version its master had when appointed: every record
+    /// up to that version is the same on all servers that have it, so a
+    /// server that last wrote in an older epoch and has more than the next
+    /// epoch's start version holds writes nobody acknowledged, and must
+    /// re-copy before it may serve.
+    pub epoch_starts: Vec<EpochStart>,
+}
+
+/// How many [`EpochStart`]s a group keeps.
+pub const EPOCH_HISTORY: usize = 64;
+
+/// When an epoch began.
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+)]
+#[rkyv(derive(Debug))]
+pub struct EpochStart {
+    pub epoch: u64,
+    /// The new master's data version when it was appointed (as the leader
+    /// last heard it; never above the true figure).
+    pub version: u64,
+}
+
+impl GroupInfo {
+    /// The version up to which a server whose last written epoch is
+    /// `last_epoch` is known to agree with the current master: `None` when
+    /// it agrees with all of it (no master change since), `Some(0)` when
+    /// the history no longer reaches back that far.
+    pub fn divergence_point(&self, last_epoch: u64) -> Option<u64> {
+        if last_epoch >= self.epoch {
+            return None;
+        }
+        match self.epoch_starts.iter().find(|e| e.epoch > last_epoch) {
+            Some(e) if e.epoch == last_epoch + 1 => Some(e.version),
+            // The epoch right after the server's is no longer recorded
+            // (or never was): assume nothing in common.
+            _ => Some(0),
+        }
+    }
 }
 
 /// The whole cluster map: the leaders' Raft state machine.
@@ -347,6 +396,38 @@ pub enum LeaderRequest {
     /// This leader's view of the Raft group. Any leader.
     /// Answer: [`LeaderReply::Status`].
     Status,
+    /// The master of `group` at `epoch` reports that `slave` missed a
+    /// replication deadline; the leader marks it OFFLINE (if it still is
+    /// ACTIVE or ONLINE) before answering, so the master may then complete
+    /// writes without it. Raft leader only. Answer: [`LeaderReply::Progress`].
+    SlaveFailed {
+        group: String,
+        master: ServerId,
+        slave: ServerId,
+        epoch: u64,
+    },
+    /// The master of `group` at `epoch` reports the data version its epoch
+    /// starts after (every version up to it came from earlier masters): the
+    /// leader records it exactly in the group's `epoch_starts`. The master
+    /// accepts writes only after this is recorded. Raft leader only.
+    /// Answer: [`LeaderReply::FailedOver`] (the group).
+    EpochStarted {
+        group: String,
+        master: ServerId,
+        epoch: u64,
+        version: u64,
+    },
+    /// The master of `group` at `epoch` vouches that ONLINE `slave` has
+    /// every version it assigned (up to `data_version`) and receives every
+    /// new one: the leader makes it ACTIVE. Raft leader only.
+    /// Answer: [`LeaderReply::Progress`].
+    Activate {
+        group: String,
+        master: ServerId,
+        slave: ServerId,
+        epoch: u64,
+        data_version: u64,
+    },
 }
 
 /// The answer to a heartbeat.
@@ -549,6 +630,10 @@ mod tests {
                 master: Some(1),
                 epoch: 3,
                 master_lease_ms: 3000,
+                epoch_starts: vec![EpochStart {
+                    epoch: 3,
+                    version: 7,
+                }],
             }],
             servers: vec![
                 ServerInfo {
@@ -620,6 +705,33 @@ mod tests {
         assert_eq!(m.master_of("g1").map(|s| s.id), Some(1));
         assert!(!ServerStatus::Offline.is_alive());
         assert!(ServerStatus::Recovering.is_alive());
+    }
+
+    #[test]
+    fn divergence_point_follows_the_epoch_history() {
+        let mut g = sample_map().groups.remove(0);
+        g.epoch = 5;
+        g.epoch_starts = vec![
+            EpochStart {
+                epoch: 3,
+                version: 7,
+            },
+            EpochStart {
+                epoch: 4,
+                version: 20,
+            },
+            EpochStart {
+                epoch: 5,
+                version: 31,
+            },
+        ];
+        assert_eq!(g.divergence_point(5), None);
+        assert_eq!(g.divergence_point(6), None);
+        assert_eq!(g.divergence_point(4), Some(31));
+        assert_eq!(g.divergence_point(3), Some(20));
+        // Epoch 2's successor is recorded (3), but epoch 1's is not.
+        assert_eq!(g.divergence_point(2), Some(7));
+        assert_eq!(g.divergence_point(1), Some(0));
     }
 
     #[test]

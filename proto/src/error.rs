@@ -42,6 +42,8 @@ pub enum ErrorCode {
     NotLeader = 16,
     /// Timed out waiting for a peer or a disk.
     Timeout = 17,
+    /// A replica's data does not match its master's (replication only).
+    Diverged = 18,
 }
 
 impl ErrorCode {
@@ -65,6 +67,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::NotLeader => "not_leader",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::Diverged => "diverged",
         }
     }
 

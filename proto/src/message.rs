@@ -10,6 +10,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::WireError;
+use crate::repl::{FileSummary, LogRef, ReplRecord, ReplState};
 
 /// One metadata entry (`key=value`) attached to a file.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -119,6 +120,28 @@ pub enum Request {
     Exists {
         file_id: String,
     },
+    /// Master → slave: one change to apply at its data version; `body_len`
+    /// bytes of `Data` frames follow. See [`crate::repl`].
+    Replicate(ReplRecord),
+    /// Catch-up: binlog records from `from` (inclusive), at most `max`.
+    ReplLog {
+        from: u64,
+        max: u32,
+    },
+    /// Catch-up: a file's current state and content.
+    ReplFetch {
+        file_id: String,
+    },
+    /// An ONLINE slave that caught up asks the master to make it ACTIVE.
+    ReplReady {
+        server_id: u64,
+        data_version: u64,
+    },
+    /// Files in id order after `after` (exclusive), at most `limit`.
+    ListFiles {
+        after: String,
+        limit: u32,
+    },
 }
 
 impl Request {
@@ -136,6 +159,11 @@ impl Request {
             Request::SetMeta { .. } => "set_meta",
             Request::GetMeta { .. } => "get_meta",
             Request::Exists { .. } => "exists",
+            Request::Replicate(_) => "replicate",
+            Request::ReplLog { .. } => "repl_log",
+            Request::ReplFetch { .. } => "repl_fetch",
+            Request::ReplReady { .. } => "repl_ready",
+            Request::ListFiles { .. } => "list_files",
         }
     }
 
@@ -145,6 +173,7 @@ impl Request {
             Request::Upload { size, .. }
             | Request::Append { size, .. }
             | Request::Modify { size, .. } => Some(*size),
+            Request::Replicate(r) => Some(r.body_len),
             _ => None,
         }
     }
@@ -160,8 +189,14 @@ impl Request {
             | Request::Stat { file_id }
             | Request::SetMeta { file_id, .. }
             | Request::GetMeta { file_id }
-            | Request::Exists { file_id } => Some(file_id),
-            Request::Ping | Request::Upload { .. } => None,
+            | Request::Exists { file_id }
+            | Request::ReplFetch { file_id } => Some(file_id),
+            Request::Replicate(r) => Some(&r.file_id),
+            Request::Ping
+            | Request::Upload { .. }
+            | Request::ReplLog { .. }
+            | Request::ReplReady { .. }
+            | Request::ListFiles { .. } => None,
         }
     }
 }
@@ -208,6 +243,33 @@ pub enum Reply {
         version: u64,
     },
     Exists(bool),
+    /// A replicated change is durable here; `data_version` is this
+    /// server's version after it.
+    Replicated {
+        data_version: u64,
+    },
+    ReplLog {
+        records: Vec<LogRef>,
+        /// The master's data version when it answered.
+        last_version: u64,
+    },
+    /// Answer to `ReplFetch`: `None` when the file does not exist; else
+    /// `state.size` bytes of `Data` frames follow.
+    ReplFile {
+        file_version: u64,
+        state: Option<ReplState>,
+    },
+    /// Answer to `ReplReady`: the slave is ACTIVE in the map.
+    Activated {
+        map_version: u64,
+    },
+    Files {
+        files: Vec<FileSummary>,
+        /// The server's data version when it answered.
+        data_version: u64,
+        /// Set when there are no more files after these.
+        done: bool,
+    },
 }
 
 /// A response with its envelope.

@@ -42,6 +42,7 @@ impl Default for ClusterOpts<'_> {
 pub struct Cluster {
     pub leaders: Leaders,
     pub dataservers: Vec<Dataserver>,
+    dataserver_args: Vec<String>,
 }
 
 impl Cluster {
@@ -59,20 +60,28 @@ impl Cluster {
     /// `cluster.leaders.start_all()`.
     pub fn start_dataservers_first(opts: ClusterOpts) -> Cluster {
         let leaders = Leaders::prepare(opts.leaders, opts.leader_args);
-        let dataservers = (1..=opts.dataservers)
-            .map(|id| {
-                Dataserver::start(DataserverOpts {
-                    server_id: id as u32,
-                    leaders: leaders.addrs(),
-                    extra_args: opts.dataserver_args.iter().map(|s| s.to_string()).collect(),
-                    ..DataserverOpts::default()
-                })
-            })
-            .collect();
-        Cluster {
+        let mut c = Cluster {
             leaders,
-            dataservers,
+            dataservers: Vec::new(),
+            dataserver_args: opts.dataserver_args.iter().map(|s| s.to_string()).collect(),
+        };
+        for _ in 0..opts.dataservers {
+            c.add_dataserver();
         }
+        c
+    }
+
+    /// Start one more dataserver of the group (the next id, fresh data).
+    pub fn add_dataserver(&mut self) -> &mut Dataserver {
+        let ds = Dataserver::start(DataserverOpts {
+            server_id: self.dataservers.len() as u32 + 1,
+            leaders: self.leaders.addrs(),
+            extra_args: self.dataserver_args.clone(),
+            ..DataserverOpts::default()
+        });
+        self.dataservers.push(ds);
+        let last = self.dataservers.len() - 1;
+        &mut self.dataservers[last]
     }
 
     /// A leader client with short timeouts (connect 300 ms, request 3 s,

@@ -531,6 +531,7 @@ mod tests {
                 master: Some(1),
                 epoch: 2,
                 master_lease_ms: 3000,
+                epoch_starts: Vec::new(),
             }],
             servers: vec![
                 srv(1, ServerStatus::Active, 10),

@@ -12,7 +12,8 @@ Exit status:
   2  usage error (bad arguments)
   3  not found (also: `exists` for a missing file)
   4  version mismatch (--if-version did not match; nothing changed)
-  5  server unreachable or timed out
+  5  server unreachable or timed out (verify: a member could not be listed)
+  6  verify: the replicas of the group differ
 
 Errors are reported as one line on stderr: `error: <code>: <message>`.";
 
@@ -84,6 +85,9 @@ pub enum Command {
     /// Dataserver administration.
     #[command(subcommand)]
     Server(ServerCommand),
+    /// Compare the files every member of a group holds (ids, sizes,
+    /// crc32, versions) and report each difference (exit status 6).
+    Verify(VerifyArgs),
     /// Run a local cluster in the foreground: 3 leaders and one group of
     /// dataservers. Ctrl-C stops it.
     Dev(DevArgs),
@@ -104,6 +108,24 @@ pub struct FailoverArgs {
     /// highest data version).
     #[arg(long, value_name = "SERVER")]
     pub to: Option<u64>,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(after_help = "\
+Every member that is not DELETED is listed directly (masters and slaves \
+alike) and compared file by file with the master's listing (without a \
+listed master, the member with the highest data version). OFFLINE members \
+are shown as skipped unless --all is given. Run it when writes have \
+stopped: a listing taken during writes is not a snapshot. Text output shows \
+a line per member and at most 50 differences; --json has them all. Exit \
+status: 0 all listed members agree, 6 they differ, 5 they agree but a \
+member could not be listed (or none could), 3 no such group.")]
+pub struct VerifyArgs {
+    /// The group, e.g. group1.
+    pub group: String,
+    /// Also list OFFLINE members (they are skipped by default).
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -358,6 +380,13 @@ mod tests {
             Command::Failover(f) => assert_eq!((f.group.as_str(), f.to), ("group1", Some(3))),
             other => panic!("{other:?}"),
         }
+        let cli = Cli::try_parse_from(["chorus", "verify", "group2", "--all", "--json"]).unwrap();
+        assert!(cli.json);
+        match cli.command {
+            Command::Verify(v) => assert_eq!((v.group.as_str(), v.all), ("group2", true)),
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["chorus", "verify"]).is_err());
         let cli = Cli::try_parse_from(["chorus", "dev", "--base-port", "9000"]).unwrap();
         match cli.command {
             Command::Dev(d) => assert_eq!((d.base_port, d.dataservers), (9000, 3)),

@@ -180,6 +180,7 @@ pub async fn run(client: &Client, out: Output, cmd: Command) -> CliResult {
         | Command::Status(_)
         | Command::Failover(_)
         | Command::Server(_)
+        | Command::Verify(_)
         | Command::Dev(_) => Err(CliError::new("internal", "not a file command", exit::OTHER)),
     }
 }

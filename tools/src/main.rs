@@ -3,8 +3,8 @@
 //! File operations (`upload`, `download`, `delete`, `append`, `modify`,
 //! `truncate`, `stat`, `meta`, `exists`) and `bench`, against one
 //! dataserver (`--server`) or a cluster (`--leaders`); cluster commands
-//! `status`, `failover`, `server remove` (module `admin`) and `dev`, a local
-//! cluster in the foreground (module `dev`).
+//! `status`, `failover`, `server remove` (module `admin`), `verify` (module
+//! `verify`) and `dev`, a local cluster in the foreground (module `dev`).
 
 mod admin;
 mod bench;
@@ -14,6 +14,7 @@ mod endpoint;
 mod files;
 mod output;
 mod progress;
+mod verify;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -48,6 +49,7 @@ async fn run(cli: Cli) -> CliResult {
             admin::failover(ep.leaders("failover")?, timeout, args, out).await
         }
         Command::Server(cmd) => admin::server(ep.leaders("server")?, timeout, cmd, out).await,
+        Command::Verify(args) => verify::run(ep.leaders("verify")?, cfg, timeout, args, out).await,
         Command::Dev(args) => dev::run(args, out).await,
         cmd => {
             let client: Client = ep.connect(cfg).await?;

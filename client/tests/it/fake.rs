@@ -336,6 +336,10 @@ impl State {
             Request::Exists { file_id } => {
                 Ok((Reply::Exists(files.contains_key(&file_id)), Vec::new()))
             }
+            other => Err(err(
+                ErrorCode::BadRequest,
+                &format!("the fake server does not serve {}", other.op_name()),
+            )),
         })();
         match res {
             Ok((r, d)) => (Ok(r), d),

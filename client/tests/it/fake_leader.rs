@@ -126,5 +126,6 @@ pub fn group(name: &str, members: &[u64], master: Option<u64>, epoch: u64) -> Gr
         master,
         epoch,
         master_lease_ms: 3000,
+        epoch_starts: Vec::new(),
     }
 }

@@ -5,16 +5,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use client::leader::{ClientTimeouts, LeaderClient, LeaderClientError};
-use proto::cluster::{Heartbeat, JoinRequest, ReplicationMode, ServerId, ServerStatus};
+use proto::cluster::{Heartbeat, JoinRequest, ReplicationMode, ServerId};
 use proto::ErrorCode;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use super::progress::{next_rung, nothing_to_copy};
 use super::view::{Role, SharedView};
 use super::ClusterError;
 use crate::engine::Engine;
+use crate::repl::catchup::CatchUp;
 
 /// What the agent needs to know about this server.
 #[derive(Debug, Clone)]
@@ -29,7 +29,7 @@ pub struct AgentConfig {
 
 /// Timeouts for leader calls: short, so one stuck leader never holds a
 /// heartbeat for long (the lease counts from the send anyway).
-fn timeouts() -> ClientTimeouts {
+pub(crate) fn timeouts() -> ClientTimeouts {
     ClientTimeouts {
         connect: Duration::from_millis(500),
         request: Duration::from_secs(2),
@@ -92,6 +92,7 @@ pub async fn run(
     cfg: AgentConfig,
     engine: Arc<Engine>,
     view: SharedView,
+    catchup: CatchUp,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ClusterError> {
     let client = LeaderClient::with_timeouts(cfg.leaders.clone(), timeouts());
@@ -115,7 +116,7 @@ pub async fn run(
         view.clone(),
         wake_heartbeat,
     ));
-    tasks.spawn(progress(cfg, client, engine, view, wake_progress));
+    tasks.spawn(catchup.run(cfg.heartbeat, wake_progress));
     stopped(&mut stop).await;
     debug!("cluster agent stopping: no more heartbeats");
     tasks.abort_all();
@@ -287,68 +288,6 @@ async fn heartbeats(
         } else if lease_lost_logged && holds {
             info!("master lease renewed: serving again");
             lease_lost_logged = false;
-        }
-    }
-}
-
-/// Climb to ACTIVE when there is nothing to copy (see [`super::progress`]).
-async fn progress(
-    cfg: AgentConfig,
-    client: LeaderClient,
-    engine: Arc<Engine>,
-    view: SharedView,
-    wake: Arc<Notify>,
-) {
-    let mut tick = tokio::time::interval(cfg.heartbeat);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = wake.notified() => {}
-        }
-        let (mut status, master) = view.with(|v| (v.my_status(), v.master()));
-        if next_rung(status).is_none() {
-            continue;
-        }
-        let Some(master) = master.filter(|m| m.id != cfg.id) else {
-            debug!(%status, "no master to catch up with");
-            continue;
-        };
-        // The master's live data version is known only to the Raft leader.
-        let master_version = match client.status().await {
-            Ok(s) if s.role == "leader" => s
-                .live
-                .iter()
-                .find(|l| l.id == master.id)
-                .map(|l| l.data_version),
-            Ok(_) => None,
-            Err(e) => {
-                debug!(error = %e, "leader status unavailable");
-                None
-            }
-        };
-        let mine = engine.data_version();
-        if !nothing_to_copy(mine, master_version) {
-            debug!(%status, mine, master = ?master_version, "waiting: data differs from the master's");
-            continue;
-        }
-        while let Some(next) = next_rung(status) {
-            match client.report_progress(cfg.id, next, mine).await {
-                Ok(server) => {
-                    info!(from = %status, to = %server.status, data_version = mine, "progress reported");
-                    if server.status == status {
-                        break;
-                    }
-                    status = server.status;
-                }
-                Err(e) => {
-                    debug!(to = %next, error = %e, "progress not recorded");
-                    break;
-                }
-            }
-        }
-        if status == ServerStatus::Active {
-            debug!("caught up: ACTIVE");
         }
     }
 }

@@ -3,18 +3,16 @@
 //! With `leaders` configured the server joins its group through the
 //! leaders (retrying until they answer; a refused join stops the server),
 //! then heartbeats every `heartbeat_ms`, follows the map the leaders push,
-//! and reports progress up the status ladder ([`progress`]). Everything it
+//! and climbs the status ladder through `crate::repl::catchup`. Everything it
 //! learns lands in one [`view::ClusterView`]; every request passes the gate
 //! [`view::admit`] (see the table in [`view`]) before it reaches the engine.
 //! Without leaders the view is [`view::Role::Standalone`] and the gate lets
 //! everything through.
 //!
 //! * [`view`]: the view, the role and the gate (pure).
-//! * [`progress`]: when to report the next status (pure).
 //! * [`agent`]: the tasks that talk to the leaders.
 
 pub mod agent;
-pub mod progress;
 pub mod view;
 
 pub use agent::AgentConfig;

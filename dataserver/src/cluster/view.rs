@@ -5,27 +5,28 @@
 //! [`admit`]); [`ClusterView`] only stores their inputs and the derived
 //! [`Role`], and [`SharedView`] is what connections read.
 //!
-//! | role                              | Ping | everything else                                   |
-//! |-----------------------------------|------|---------------------------------------------------|
-//! | `Standalone` (no leaders)         | ok   | ok (no epoch check)                               |
-//! | any role, request epoch < group's | ok   | `stale_epoch` "stale epoch N, current M"          |
-//! | any role, request epoch > group's | ok   | `unavailable` (this server's map is behind)       |
-//! | `Master`, lease valid now         | ok   | ok                                                |
-//! | `Master`, no lease or expired     | ok   | `unavailable` "master lease expired"              |
-//! | `Slave`, group has a master       | ok   | `not_master` "...; master=<addr>"                 |
-//! | `Slave`, group has no master      | ok   | `unavailable` "group G has no master"             |
-//! | `Joining` (not in the map yet)    | ok   | `unavailable` "not joined to the cluster yet"     |
-//! | `Removed` (DELETED in the map)    | ok   | `unavailable` "removed from the cluster"          |
+//! | role                              | Ping, ListFiles | everything else                               |
+//! |-----------------------------------|-----------------|-----------------------------------------------|
+//! | `Standalone` (no leaders)         | ok              | ok (no epoch check)                           |
+//! | any role, request epoch < group's | ok              | `stale_epoch` "stale epoch N, current M"      |
+//! | any role, request epoch > group's | ok              | `unavailable` (this server's map is behind)   |
+//! | `Master`, lease valid now         | ok              | ok                                            |
+//! | `Master`, no lease or expired     | ok              | `unavailable` "master lease expired"          |
+//! | `Slave`, group has a master       | ok              | `not_master` "...; master=<addr>"             |
+//! | `Slave`, group has no master      | ok              | `unavailable` "group G has no master"         |
+//! | `Joining` (not in the map yet)    | ok              | `unavailable` "not joined to the cluster yet" |
+//! | `Removed` (DELETED in the map)    | ok              | `unavailable` "removed from the cluster"      |
 //!
 //! A request epoch of 0 is not checked; neither is an epoch while the
-//! server knows none (`Joining`, `Removed`).
+//! server knows none (`Joining`, `Removed`). Requests the gate lets through
+//! whatever the role are those [`ungated`] names.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use proto::cluster::{ClusterMap, ServerId, ServerStatus};
-use proto::{ErrorCode, WireError};
+use proto::{ErrorCode, Request, WireError};
 
 /// A master lease granted by the leaders for one epoch of the group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,8 +126,16 @@ pub fn derive_role(
     }
 }
 
+/// Requests every server answers whatever its role, status, lease or
+/// epoch: `Ping` (liveness) and `ListFiles` (read-only; `chorus verify`
+/// compares every member of a group, slaves and OFFLINE-marked ones too).
+pub fn ungated(op: &Request) -> bool {
+    matches!(op, Request::Ping | Request::ListFiles { .. })
+}
+
 /// Whether a request may be served, as the table in the module docs says.
-/// `ping`: the request is a Ping; `epoch`: the epoch it carries (0: none).
+/// `ping`: the request is [`ungated`] (a Ping or a ListFiles); `epoch`: the
+/// epoch it carries (0: none).
 pub fn admit(
     role: &Role,
     group: &str,
@@ -336,6 +345,7 @@ mod tests {
                 master,
                 epoch,
                 master_lease_ms: 3000,
+                epoch_starts: Vec::new(),
             }],
             servers: vec![
                 server(1, ServerStatus::Active),
@@ -409,6 +419,75 @@ mod tests {
         ] {
             assert_eq!(admit(&role, "g1", true, 1, now), Ok(()), "{role:?}");
         }
+    }
+
+    #[test]
+    fn listing_is_served_by_every_member() {
+        assert!(ungated(&Request::Ping));
+        let list = Request::ListFiles {
+            after: String::new(),
+            limit: 100,
+        };
+        assert!(ungated(&list));
+        for op in [
+            Request::Stat {
+                file_id: "x".into(),
+            },
+            Request::Exists {
+                file_id: "x".into(),
+            },
+            Request::ReplLog { from: 1, max: 10 },
+            Request::Upload {
+                size: 1,
+                ext: String::new(),
+                meta: Vec::new(),
+                appender: false,
+            },
+        ] {
+            assert!(!ungated(&op), "{op:?}");
+        }
+        // Whatever the role, lease or epoch.
+        let now = Instant::now();
+        for role in [
+            Role::Standalone,
+            Role::Joining,
+            Role::Removed,
+            Role::Master {
+                epoch: 3,
+                lease_until: None,
+            },
+            Role::Slave {
+                master: Some(MasterRef {
+                    id: 1,
+                    addr: "10.1.2.3:23000".into(),
+                }),
+                epoch: 3,
+            },
+            Role::Slave {
+                master: None,
+                epoch: 3,
+            },
+        ] {
+            for epoch in [0, 1, 3, 9] {
+                assert_eq!(
+                    admit(&role, "g1", ungated(&list), epoch, now),
+                    Ok(()),
+                    "{role:?} epoch {epoch}"
+                );
+            }
+        }
+        // Through the shared view, on a slave that refuses everything else.
+        let mut v = ClusterView::joining(2, "g1");
+        v.apply_map(map(4, Some(1), 2));
+        let shared = SharedView::new(v);
+        assert_eq!(shared.admit(ungated(&list), 0), Ok(()));
+        let stat = Request::Stat {
+            file_id: "x".into(),
+        };
+        assert_eq!(
+            code(shared.admit(ungated(&stat), 0)),
+            Some(ErrorCode::NotMaster)
+        );
     }
 
     #[test]

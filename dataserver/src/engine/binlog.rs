@@ -415,6 +415,8 @@ pub(crate) struct Binlog {
     /// and whose data is not known to be durable yet (removed by a hook on
     /// the store path's disk thread, so a dropped future cannot leak one).
     unsettled: Arc<Mutex<BTreeSet<u64>>>,
+    /// The last version handed out (for replicas waiting their turn).
+    assigned: tokio::sync::watch::Sender<u64>,
 }
 
 /// Outcome of [`Binlog::append_paired`].
@@ -431,6 +433,20 @@ fn open_append(path: &Path, create: bool) -> io::Result<File> {
         .create(create)
         .truncate(false)
         .open(path)
+}
+
+/// A replicated record must get exactly the version its master gave it.
+fn check_expected(st: &State, expect: Option<u64>) -> io::Result<()> {
+    match expect {
+        Some(e) if e != st.next => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "replicated version {e} arrived, but the next version here is {}",
+                st.next
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl Binlog {
@@ -456,6 +472,7 @@ impl Binlog {
             }),
             durable: AtomicU64::new(next.saturating_sub(1)),
             unsettled: Arc::new(Mutex::new(BTreeSet::new())),
+            assigned: tokio::sync::watch::Sender::new(next.saturating_sub(1)),
         })
     }
 
@@ -486,12 +503,14 @@ impl Binlog {
     /// leave it unsettled) and pending until [`Self::applied`].
     pub async fn append_paired(
         &self,
+        expect: Option<u64>,
         build: impl FnOnce(u64, u64) -> Vec<u8>,
         data: impl FnOnce(u64) -> disk::Target,
     ) -> io::Result<Paired> {
         let permit = self.disk.permit().await?;
         let (v, rx) = {
             let mut st = self.st.lock();
+            check_expected(&st, expect)?;
             self.rotate(&mut st)?;
             let v = st.next;
             let committed = {
@@ -510,6 +529,7 @@ impl Binlog {
             st.offset += frame.len() as u64;
             st.next = v + 1;
             st.pending.insert(v);
+            self.assigned.send_replace(v);
             let targets = vec![data(v), (st.seg.clone(), vec![(off, Bytes::from(frame))])];
             (v, self.disk.send_multi(permit, targets, true, Some(hook)))
         };
@@ -523,10 +543,15 @@ impl Binlog {
     /// Append one record built by `build(version, committed)` and wait
     /// until it is durable (per policy). For records whose data (if any) is
     /// already durable. The version stays pending until [`Self::applied`].
-    pub async fn append(&self, build: impl FnOnce(u64, u64) -> Vec<u8>) -> io::Result<u64> {
+    pub async fn append(
+        &self,
+        expect: Option<u64>,
+        build: impl FnOnce(u64, u64) -> Vec<u8>,
+    ) -> io::Result<u64> {
         let permit = self.disk.permit().await?;
         let (v, rx) = {
             let mut st = self.st.lock();
+            check_expected(&st, expect)?;
             self.rotate(&mut st)?;
             let v = st.next;
             let frame = build(v, self.settled_through().min(v));
@@ -534,6 +559,7 @@ impl Binlog {
             st.offset += frame.len() as u64;
             st.next = v + 1;
             st.pending.insert(v);
+            self.assigned.send_replace(v);
             let rx = self.disk.send(
                 permit,
                 st.seg.clone(),
@@ -545,6 +571,16 @@ impl Binlog {
         disk::wait(rx).await?;
         self.durable.fetch_max(v, Ordering::AcqRel);
         Ok(v)
+    }
+
+    /// Watch the last version handed out.
+    pub fn assigned(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.assigned.subscribe()
+    }
+
+    /// The next version to be handed out.
+    pub fn next_version(&self) -> u64 {
+        self.st.lock().next
     }
 
     /// The index reflects version `v` (or its op gave up).

@@ -47,6 +47,13 @@ pub enum EngineError {
     Closed,
     #[error("internal error: {0}")]
     Internal(String),
+    /// A replicated change does not fit this server's copy.
+    #[error("replica diverged: {0}")]
+    Diverged(String),
+    /// The change is durable here but could not be replicated; its outcome
+    /// is unknown to the client.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl EngineError {
@@ -65,6 +72,8 @@ impl EngineError {
             }
             EngineError::Closed => ErrorCode::Unavailable,
             EngineError::Internal(_) => ErrorCode::Internal,
+            EngineError::Diverged(_) => ErrorCode::Diverged,
+            EngineError::Unavailable(_) => ErrorCode::Unavailable,
         }
     }
 

@@ -27,11 +27,15 @@ mod disk;
 mod error;
 mod index;
 mod lanes;
+mod listing;
 mod read;
 mod recovery;
+mod replica;
 mod space;
 mod write;
 
+#[cfg(test)]
+mod replica_tests;
 #[cfg(test)]
 mod tests;
 
@@ -46,6 +50,9 @@ use proto::{FileId, FileStat, MetaEntry, MetaMode};
 
 pub use binlog::{op as binlog_op, BinlogRecord};
 pub use error::EngineError;
+pub use replica::{Content, HookFuture, ReplicateHook};
+
+use replica::Origin;
 
 use chunk::Store;
 use disk::DiskStats;
@@ -149,6 +156,8 @@ pub struct Engine {
     stats: Arc<DiskStats>,
     ckpt_lock: Mutex<()>,
     ckpt_thread: Mutex<Option<recovery::CheckpointThread>>,
+    /// Replicates local changes before they are published (sync masters).
+    hook: RwLock<Option<Arc<dyn ReplicateHook>>>,
 }
 
 impl Engine {
@@ -167,7 +176,23 @@ impl Engine {
         appender: bool,
         body: &mut impl Body,
     ) -> Result<FileStat, EngineError> {
-        self.do_upload(size, ext, meta, appender, body).await
+        self.upload_for(size, ext, meta, appender, body, (0, 0))
+            .await
+    }
+
+    /// [`Self::upload`] on behalf of `client` = `(client_id, seq)`, which
+    /// the slaves remember for exactly-once retries.
+    pub async fn upload_for(
+        &self,
+        size: u64,
+        ext: &str,
+        meta: Vec<MetaEntry>,
+        appender: bool,
+        body: &mut impl Body,
+        client: (u64, u64),
+    ) -> Result<FileStat, EngineError> {
+        self.do_upload(size, ext, meta, appender, body, Origin::Local { client })
+            .await
     }
 
     /// Start reading `length` bytes (to the end when `None`, clamped to the
@@ -183,7 +208,18 @@ impl Engine {
 
     /// Delete a file; returns the data version of the deletion.
     pub async fn delete(&self, id: &FileId, if_version: Option<u64>) -> Result<u64, EngineError> {
-        self.do_delete(id, if_version).await
+        self.delete_for(id, if_version, (0, 0)).await
+    }
+
+    /// [`Self::delete`] on behalf of `client` (see [`Self::upload_for`]).
+    pub async fn delete_for(
+        &self,
+        id: &FileId,
+        if_version: Option<u64>,
+        client: (u64, u64),
+    ) -> Result<u64, EngineError> {
+        self.do_delete(id, if_version, Origin::Local { client })
+            .await
     }
 
     /// Append `size` bytes to an appender file.
@@ -194,7 +230,20 @@ impl Engine {
         if_version: Option<u64>,
         body: &mut impl Body,
     ) -> Result<FileStat, EngineError> {
-        self.do_append(id, size, if_version, body).await
+        self.append_for(id, size, if_version, body, (0, 0)).await
+    }
+
+    /// [`Self::append`] on behalf of `client` (see [`Self::upload_for`]).
+    pub async fn append_for(
+        &self,
+        id: &FileId,
+        size: u64,
+        if_version: Option<u64>,
+        body: &mut impl Body,
+        client: (u64, u64),
+    ) -> Result<FileStat, EngineError> {
+        self.do_append(id, size, if_version, body, Origin::Local { client })
+            .await
     }
 
     /// Overwrite `size` bytes at `offset` (<= current size; may extend).
@@ -206,7 +255,23 @@ impl Engine {
         if_version: Option<u64>,
         body: &mut impl Body,
     ) -> Result<FileStat, EngineError> {
-        self.do_modify(id, offset, size, if_version, body).await
+        self.modify_for(id, offset, size, if_version, body, (0, 0))
+            .await
+    }
+
+    /// [`Self::modify`] on behalf of `client` (see [`Self::upload_for`]).
+    pub async fn modify_for(
+        &self,
+        id: &FileId,
+        offset: u64,
+        size: u64,
+        if_version: Option<u64>,
+        body: &mut impl Body,
+        client: (u64, u64),
+    ) -> Result<FileStat, EngineError> {
+        let origin = Origin::Local { client };
+        self.do_modify(id, offset, size, if_version, body, origin)
+            .await
     }
 
     /// Set an appender file's size (shrinks, or extends with zeros).
@@ -216,7 +281,19 @@ impl Engine {
         size: u64,
         if_version: Option<u64>,
     ) -> Result<FileStat, EngineError> {
-        self.do_truncate(id, size, if_version).await
+        self.truncate_for(id, size, if_version, (0, 0)).await
+    }
+
+    /// [`Self::truncate`] on behalf of `client` (see [`Self::upload_for`]).
+    pub async fn truncate_for(
+        &self,
+        id: &FileId,
+        size: u64,
+        if_version: Option<u64>,
+        client: (u64, u64),
+    ) -> Result<FileStat, EngineError> {
+        self.do_truncate(id, size, if_version, Origin::Local { client })
+            .await
     }
 
     pub async fn stat(&self, id: &FileId) -> Result<FileStat, EngineError> {
@@ -234,7 +311,20 @@ impl Engine {
         mode: MetaMode,
         if_version: Option<u64>,
     ) -> Result<FileStat, EngineError> {
-        self.do_set_meta(id, meta, mode, if_version).await
+        self.set_meta_for(id, meta, mode, if_version, (0, 0)).await
+    }
+
+    /// [`Self::set_meta`] on behalf of `client` (see [`Self::upload_for`]).
+    pub async fn set_meta_for(
+        &self,
+        id: &FileId,
+        meta: Vec<MetaEntry>,
+        mode: MetaMode,
+        if_version: Option<u64>,
+        client: (u64, u64),
+    ) -> Result<FileStat, EngineError> {
+        let origin = Origin::Local { client };
+        self.do_set_meta(id, meta, mode, if_version, origin).await
     }
 
     /// The file's metadata and version.

@@ -156,6 +156,7 @@ pub(crate) fn open(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
         stats,
         ckpt_lock: Mutex::new(()),
         ckpt_thread: Mutex::new(None),
+        hook: RwLock::new(None),
     });
     let t = spawn_checkpointer(Arc::downgrade(&engine))
         .ctx(|| "starting the checkpoint thread".into())?;
@@ -165,6 +166,9 @@ pub(crate) fn open(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
 
 /// Replay one record into the index.
 fn apply(map: &mut IndexMap, patches: &mut HashMap<u64, (String, u64)>, r: BinlogRecord) {
+    if r.op == op::VOID {
+        return;
+    }
     let id = match FileId::parse(&r.file_id) {
         Ok(id) => id,
         Err(e) => {

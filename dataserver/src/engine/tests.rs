@@ -9,9 +9,9 @@ use proto::{ErrorCode, FileId, MetaEntry, MetaMode};
 
 use super::*;
 
-const THRESHOLD: u64 = 256 << 10;
+pub(super) const THRESHOLD: u64 = 256 << 10;
 
-fn config(dir: &Path, stores: usize) -> EngineConfig {
+pub(super) fn config(dir: &Path, stores: usize) -> EngineConfig {
     EngineConfig {
         group: "g1".into(),
         server_id: 7,
@@ -29,14 +29,14 @@ fn config(dir: &Path, stores: usize) -> EngineConfig {
 }
 
 /// A body that hands out `data` in pieces of `piece` bytes.
-struct VecBody {
+pub(super) struct VecBody {
     data: Bytes,
     piece: usize,
     taken: usize,
 }
 
 impl VecBody {
-    fn new(data: &[u8]) -> Self {
+    pub(super) fn new(data: &[u8]) -> Self {
         VecBody {
             data: Bytes::copy_from_slice(data),
             piece: 100_000,
@@ -56,7 +56,7 @@ impl Body for VecBody {
     }
 }
 
-fn pattern(n: usize, seed: u8) -> Vec<u8> {
+pub(super) fn pattern(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
         .map(|i| {
             (i as u32)
@@ -67,7 +67,7 @@ fn pattern(n: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-async fn read_all(
+pub(super) async fn read_all(
     e: &Engine,
     id: &FileId,
     offset: u64,

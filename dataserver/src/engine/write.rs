@@ -64,7 +64,9 @@ use super::content::{blocking, crc_concat, crc_range, crc_zeros, hasher_of, veri
 use super::disk;
 use super::error::{EngineError, IoContext};
 use super::index::{Entry, Loc};
+use super::replica::{Change, Origin};
 use super::{Body, Engine, FsyncPolicy};
+use proto::ReplOp;
 
 /// Metadata limits.
 pub(crate) const MAX_META_TOTAL: usize = 64 << 10;
@@ -331,26 +333,45 @@ impl Engine {
         id: &FileId,
         mut entry: Entry,
         patch: u64,
+        origin: Origin<'_>,
     ) -> Result<Entry, EngineError> {
+        self.conform(id, &mut entry, origin)?;
         let ids = id.to_string();
+        let code = origin.op_code(op);
         let res = self
             .binlog
-            .append(|v, committed| {
-                entry.version = v;
-                binlog::encode_committed(v, op, &ids, v, Some(&entry), patch, committed)
+            .append(origin.expect(), |v, committed| {
+                entry.version = origin.file_version(v);
+                binlog::encode_committed(
+                    v,
+                    code,
+                    &ids,
+                    entry.version,
+                    Some(&entry),
+                    patch,
+                    committed,
+                )
             })
             .await;
         match res {
             Ok(_) => Ok(entry),
-            Err(e) => {
-                self.poison("binlog write failed");
-                Err(EngineError::io("writing the binlog", e))
-            }
+            Err(e) => Err(self.binlog_failed(e)),
         }
     }
 
+    /// A failed binlog append poisons the engine (the log may hold a
+    /// partial record), except a replicated version that lost the race for
+    /// its number (nothing was written).
+    pub(crate) fn binlog_failed(&self, e: std::io::Error) -> EngineError {
+        if e.kind() == std::io::ErrorKind::InvalidInput {
+            return EngineError::Diverged(e.to_string());
+        }
+        self.poison("binlog write failed");
+        EngineError::io("writing the binlog", e)
+    }
+
     /// Make a logged change visible.
-    fn publish(&self, id: &FileId, entry: Entry) -> FileStat {
+    pub(crate) fn publish(&self, id: &FileId, entry: Entry) -> FileStat {
         let stat = entry.stat(id);
         let v = entry.version;
         let old = self.index.write().insert(id.clone(), entry);
@@ -359,9 +380,16 @@ impl Engine {
         stat
     }
 
-    async fn commit(&self, op: u8, id: &FileId, entry: Entry) -> Result<FileStat, EngineError> {
-        let e = self.log(op, id, entry, 0).await?;
-        Ok(self.publish(id, e))
+    async fn commit(
+        &self,
+        op: u8,
+        id: &FileId,
+        entry: Entry,
+        origin: Origin<'_>,
+        change: Change,
+    ) -> Result<FileStat, EngineError> {
+        let e = self.log(op, id, entry, 0, origin).await?;
+        self.finish(origin, change, id, e).await
     }
 
     /// Commit a small-file change together with its new bytes in one
@@ -378,7 +406,11 @@ impl Engine {
         id: &FileId,
         mut entry: Entry,
         staged: Staged,
+        origin: Origin<'_>,
+        change: Change,
     ) -> Result<FileStat, EngineError> {
+        self.conform(id, &mut entry, origin)?;
+        let code = origin.op_code(op);
         let Loc::Small {
             offset, capacity, ..
         } = entry.loc
@@ -402,9 +434,18 @@ impl Engine {
         let res = self
             .binlog
             .append_paired(
+                origin.expect(),
                 |v, committed| {
-                    entry.version = v;
-                    binlog::encode_committed(v, op, &ids, v, Some(&entry), 0, committed)
+                    entry.version = origin.file_version(v);
+                    binlog::encode_committed(
+                        v,
+                        code,
+                        &ids,
+                        entry.version,
+                        Some(&entry),
+                        0,
+                        committed,
+                    )
                 },
                 |v| {
                     if header {
@@ -417,10 +458,7 @@ impl Engine {
             .await;
         let paired = match res {
             Ok(p) => p,
-            Err(e) => {
-                self.poison("binlog write failed");
-                return Err(EngineError::io("writing the binlog", e));
-            }
+            Err(e) => return Err(self.binlog_failed(e)),
         };
         if let Err(e) = paired.result {
             // The record may be durable without its data: recovery voids it.
@@ -430,9 +468,9 @@ impl Engine {
                 e,
             ));
         }
-        debug_assert_eq!(entry.version, paired.version);
         guard.0 = None;
-        Ok(self.publish(id, entry))
+        debug_assert!(origin.expect().is_none_or(|e| e == paired.version));
+        self.finish(origin, change, id, entry).await
     }
 
     pub(crate) async fn do_upload(
@@ -442,13 +480,74 @@ impl Engine {
         meta: Vec<MetaEntry>,
         appender: bool,
         body: &mut impl Body,
+        origin: Origin<'_>,
+    ) -> Result<FileStat, EngineError> {
+        proto::file_id::validate_ext(ext).map_err(|e| EngineError::BadRequest(e.to_string()))?;
+        self.upload_inner(None, size, ext, meta, appender, body, origin)
+            .await
+    }
+
+    /// Create (or, for a catch-up install, replace) the file `id` with a
+    /// replicated state.
+    pub(crate) async fn do_upload_as(
+        &self,
+        id: &FileId,
+        size: u64,
+        meta: Vec<MetaEntry>,
+        appender: bool,
+        body: &mut impl Body,
+        origin: Origin<'_>,
+    ) -> Result<FileStat, EngineError> {
+        let _lane = self.lanes.lock(id).await;
+        let old = self.index.read().get(id).cloned();
+        let stat = self
+            .upload_inner(Some(id), size, id.ext(), meta, appender, body, origin)
+            .await?;
+        // A replaced large file that is small now: its old file goes.
+        if let (Some(old), Some(new)) = (old, self.index.read().get(id)) {
+            if matches!(old.loc, Loc::Large { .. }) && matches!(new.loc, Loc::Small { .. }) {
+                let path = self.stores[old.loc.store() as usize].large_path(id);
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(%id, error = %e, "removing a replaced large file failed");
+                }
+            }
+        }
+        Ok(stat)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn upload_inner(
+        &self,
+        fixed: Option<&FileId>,
+        size: u64,
+        ext: &str,
+        meta: Vec<MetaEntry>,
+        appender: bool,
+        body: &mut impl Body,
+        origin: Origin<'_>,
     ) -> Result<FileStat, EngineError> {
         let _g = self.gate.read().await;
         self.check_writable()?;
-        proto::file_id::validate_ext(ext).map_err(|e| EngineError::BadRequest(e.to_string()))?;
         let meta = normalize_meta(meta)?;
-        let store = self.pick_store(size)?;
+        let store = match fixed {
+            // A replicated file lives on the store path its id names.
+            Some(id) => {
+                let s = &self.stores[id.store_path() as usize];
+                self.check_chunk_space(s, size)?;
+                s
+            }
+            None => self.pick_store(size)?,
+        };
         let now = now_us();
+        let change = Change {
+            op: ReplOp::Create,
+            prev_version: 0,
+            content: Some((0, size)),
+        };
+        let name = |crc| match fixed {
+            Some(id) => Ok(id.clone()),
+            None => self.new_id(store.index, now, size, crc, ext),
+        };
         let mut bin = BodyIn::new(body, size);
         let mut entry = Entry {
             loc: Loc::Large { store: store.index },
@@ -464,11 +563,11 @@ impl Engine {
         if size <= self.cfg.large_file_threshold {
             let segs = [Seg::Body { len: size }];
             let (id, e, staged) = self
-                .write_small(store, None, &segs, &mut bin, entry, |crc| {
-                    self.new_id(store.index, now, size, crc, ext)
-                })
+                .write_small(store, None, &segs, &mut bin, entry, name)
                 .await?;
-            return self.commit_paired(op::CREATE, &id, e, staged).await;
+            return self
+                .commit_paired(op::CREATE, &id, e, staged, origin, change)
+                .await;
         }
         let tmp = store
             .tmp_dir
@@ -483,15 +582,16 @@ impl Engine {
                 return Err(e);
             }
         };
-        let id = self.new_id(store.index, now, size, crc, ext)?;
+        let id = name(crc)?;
         let path = store.large_path(&id);
         if let Err(e) = self.install(store, &tmp, &path).await {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
         entry.crc32 = crc;
-        match self.commit(op::CREATE, &id, entry).await {
-            Ok(s) => Ok(s),
+        let logged = self.log(op::CREATE, &id, entry, 0, origin).await;
+        match logged {
+            Ok(e) => self.finish(origin, change, &id, e).await,
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
                 Err(e)
@@ -600,6 +700,7 @@ impl Engine {
 
     /// Rewrite a file (copy-on-write) with new content `segs`: into a new
     /// chunk extent if it fits the threshold, else as a large file.
+    #[allow(clippy::too_many_arguments)]
     async fn rewrite<B: Body>(
         &self,
         op: u8,
@@ -607,6 +708,8 @@ impl Engine {
         e: &Entry,
         segs: &[Seg],
         bin: &mut BodyIn<'_, B>,
+        origin: Origin<'_>,
+        change: Change,
     ) -> Result<FileStat, EngineError> {
         let store = &self.stores[e.loc.store() as usize];
         let new_size: u64 = segs.iter().map(seg_len).sum();
@@ -631,7 +734,9 @@ impl Engine {
                     Ok(id.clone())
                 })
                 .await?;
-            return self.commit_paired(op, id, ent, staged).await;
+            return self
+                .commit_paired(op, id, ent, staged, origin, change)
+                .await;
         }
         // Grows past the threshold: migrate to a large file.
         let tmp = store
@@ -656,8 +761,8 @@ impl Engine {
         entry.size = new_size;
         entry.crc32 = crc;
         entry.extent = None;
-        match self.commit(op, id, entry).await {
-            Ok(s) => Ok(s),
+        match self.log(op, id, entry, 0, origin).await {
+            Ok(e) => self.finish(origin, change, id, e).await,
             Err(err) => {
                 let _ = std::fs::remove_file(&path);
                 Err(err)
@@ -677,26 +782,41 @@ impl Engine {
         &self,
         id: &FileId,
         if_version: Option<u64>,
+        origin: Origin<'_>,
     ) -> Result<u64, EngineError> {
         self.check_id(id)?;
         let _g = self.gate.read().await;
         let _lane = self.lanes.lock(id).await;
         let e = self.mutable_entry(id, if_version)?;
         let ids = id.to_string();
+        let code = origin.op_code(op::DELETE);
         let v = match self
             .binlog
-            .append(|v, c| binlog::encode_committed(v, op::DELETE, &ids, v, None, 0, c))
+            .append(origin.expect(), |v, c| {
+                binlog::encode_committed(v, code, &ids, v, None, 0, c)
+            })
             .await
         {
             Ok(v) => v,
-            Err(err) => {
-                self.poison("binlog write failed");
-                return Err(EngineError::io("writing the binlog", err));
+            Err(err) => return Err(self.binlog_failed(err)),
+        };
+        let replicated = match origin {
+            Origin::Local { client } => {
+                let mut gone = e.clone();
+                gone.version = v;
+                let change = Change {
+                    op: ReplOp::Delete,
+                    prev_version: e.version,
+                    content: None,
+                };
+                self.replicate_local(client, change, id, &gone).await
             }
+            Origin::Replica(_) => Ok(()),
         };
         let old = self.index.write().remove(id);
         drop(old);
         self.binlog.applied(v);
+        replicated?;
         if let Loc::Large { store } = e.loc {
             let path = self.stores[store as usize].large_path(id);
             let sync = self.sync_dirs();
@@ -722,6 +842,7 @@ impl Engine {
         size: u64,
         if_version: Option<u64>,
         body: &mut impl Body,
+        origin: Origin<'_>,
     ) -> Result<FileStat, EngineError> {
         self.check_id(id)?;
         let _g = self.gate.read().await;
@@ -736,6 +857,11 @@ impl Engine {
             .ok_or_else(|| EngineError::BadRequest("size overflows".into()))?;
         let store = &self.stores[e.loc.store() as usize];
         let mut bin = BodyIn::new(body, size);
+        let change = Change {
+            op: ReplOp::Append { offset: e.size },
+            prev_version: e.version,
+            content: Some((e.size, size)),
+        };
         match e.loc {
             Loc::Small {
                 chunk,
@@ -759,7 +885,9 @@ impl Engine {
                         },
                         Seg::Body { len: size },
                     ];
-                    return self.rewrite(op::APPEND, id, &e, &segs, &mut bin).await;
+                    return self
+                        .rewrite(op::APPEND, id, &e, &segs, &mut bin, origin, change)
+                        .await;
                 }
                 self.check_space(store, size)?;
                 let file = store
@@ -778,9 +906,11 @@ impl Engine {
                     pieces,
                     header: false,
                 };
-                let stat = self.commit_paired(op::APPEND, id, entry, staged).await?;
+                let res = self
+                    .commit_paired(op::APPEND, id, entry, staged, origin, change)
+                    .await;
                 ext.raise_high_water(new_size);
-                Ok(stat)
+                res
             }
             Loc::Large { .. } => {
                 self.check_space(store, size)?;
@@ -799,7 +929,7 @@ impl Engine {
                 entry.size = new_size;
                 entry.crc32 = crc_concat(e.crc32, e.size, acrc, size);
                 entry.modify_us = now_us();
-                self.commit(op::APPEND, id, entry).await
+                self.commit(op::APPEND, id, entry, origin, change).await
             }
         }
     }
@@ -811,6 +941,7 @@ impl Engine {
         size: u64,
         if_version: Option<u64>,
         body: &mut impl Body,
+        origin: Origin<'_>,
     ) -> Result<FileStat, EngineError> {
         self.check_id(id)?;
         let _g = self.gate.read().await;
@@ -828,6 +959,11 @@ impl Engine {
         let new_size = e.size.max(end);
         let store = &self.stores[e.loc.store() as usize];
         let mut bin = BodyIn::new(body, size);
+        let change = Change {
+            op: ReplOp::Modify { offset },
+            prev_version: e.version,
+            content: Some((offset, size)),
+        };
         match e.loc {
             Loc::Small { .. } => {
                 self.check_chunk_space(store, new_size)?;
@@ -844,11 +980,12 @@ impl Engine {
                         len: e.size - end,
                     });
                 }
-                self.rewrite(op::MODIFY, id, &e, &segs, &mut bin).await
+                self.rewrite(op::MODIFY, id, &e, &segs, &mut bin, origin, change)
+                    .await
             }
             Loc::Large { .. } => {
                 self.check_space(store, size.saturating_mul(2))?;
-                self.modify_large(store, id, &e, offset, size, &mut bin)
+                self.modify_large(store, id, &e, offset, size, &mut bin, origin, change)
                     .await
             }
         }
@@ -858,6 +995,7 @@ impl Engine {
     /// patch written + fsynced → binlog `M` naming the patch → patch copied
     /// into place + fsynced → index → patch removed. A patch whose record is
     /// durable and still the file's latest change is re-applied at start.
+    #[allow(clippy::too_many_arguments)]
     async fn modify_large<B: Body>(
         &self,
         store: &Store,
@@ -866,6 +1004,8 @@ impl Engine {
         offset: u64,
         size: u64,
         bin: &mut BodyIn<'_, B>,
+        origin: Origin<'_>,
+        change: Change,
     ) -> Result<FileStat, EngineError> {
         let nonce = rand::random::<u64>().max(1);
         let ppath = patch_path(&store.tmp_dir, nonce);
@@ -921,7 +1061,7 @@ impl Engine {
         entry.size = e.size.max(end);
         entry.crc32 = crc;
         entry.modify_us = now_us();
-        let entry = self.log(op::MODIFY, id, entry, nonce).await?;
+        let entry = self.log(op::MODIFY, id, entry, nonce, origin).await?;
         let applied = async {
             let mut sink = Sink::new(&store.disk, lf.clone(), offset);
             sink.copy_from(&pf, PATCH_HEADER, size).await?;
@@ -937,11 +1077,11 @@ impl Engine {
             self.poison("applying a committed patch failed");
             return Err(err);
         }
-        let stat = self.publish(id, entry);
+        let res = self.finish(origin, change, id, entry).await;
         if let Err(err) = std::fs::remove_file(&ppath) {
             tracing::warn!(path = %ppath.display(), error = %err, "removing an applied patch failed");
         }
-        Ok(stat)
+        res
     }
 
     pub(crate) async fn do_truncate(
@@ -949,6 +1089,7 @@ impl Engine {
         id: &FileId,
         size: u64,
         if_version: Option<u64>,
+        origin: Origin<'_>,
     ) -> Result<FileStat, EngineError> {
         self.check_id(id)?;
         let _g = self.gate.read().await;
@@ -966,6 +1107,11 @@ impl Engine {
         let mut entry = e.clone();
         entry.size = size;
         entry.modify_us = now_us();
+        let change = Change {
+            op: ReplOp::Truncate,
+            prev_version: e.version,
+            content: None,
+        };
         match e.loc {
             Loc::Small {
                 chunk,
@@ -995,7 +1141,7 @@ impl Engine {
                         )));
                     }
                     entry.crc32 = prefix;
-                    return self.commit(op::TRUNCATE, id, entry).await;
+                    return self.commit(op::TRUNCATE, id, entry, origin, change).await;
                 }
                 let in_place = size <= capacity
                     && size <= self.cfg.large_file_threshold
@@ -1010,9 +1156,11 @@ impl Engine {
                         pieces,
                         header: false,
                     };
-                    let stat = self.commit_paired(op::TRUNCATE, id, entry, staged).await?;
+                    let res = self
+                        .commit_paired(op::TRUNCATE, id, entry, staged, origin, change)
+                        .await;
                     ext.raise_high_water(size);
-                    return Ok(stat);
+                    return res;
                 }
                 let segs = [
                     Seg::Old {
@@ -1021,7 +1169,8 @@ impl Engine {
                     },
                     Seg::Zeros { len: size - e.size },
                 ];
-                self.rewrite(op::TRUNCATE, id, &e, &segs, &mut bin).await
+                self.rewrite(op::TRUNCATE, id, &e, &segs, &mut bin, origin, change)
+                    .await
             }
             Loc::Large { .. } => {
                 let path = store.large_path(id);
@@ -1035,7 +1184,7 @@ impl Engine {
                 };
                 // Binlog first, then set_len (redone at start from the
                 // committed length if we crash in between).
-                let entry = self.log(op::TRUNCATE, id, entry, 0).await?;
+                let entry = self.log(op::TRUNCATE, id, entry, 0, origin).await?;
                 let sync = self.cfg.fsync == FsyncPolicy::Always;
                 let f = lf.clone();
                 let res = blocking(move || -> std::io::Result<()> {
@@ -1050,7 +1199,7 @@ impl Engine {
                     self.poison("set_len after a committed truncate failed");
                     return Err(EngineError::io(format!("truncating {id}"), err));
                 }
-                Ok(self.publish(id, entry))
+                self.finish(origin, change, id, entry).await
             }
         }
     }
@@ -1061,6 +1210,7 @@ impl Engine {
         meta: Vec<MetaEntry>,
         mode: MetaMode,
         if_version: Option<u64>,
+        origin: Origin<'_>,
     ) -> Result<FileStat, EngineError> {
         self.check_id(id)?;
         let meta = normalize_meta(meta)?;
@@ -1084,7 +1234,12 @@ impl Engine {
         let mut entry = e.clone();
         entry.meta = merged;
         entry.modify_us = now_us();
-        self.commit(op::SET_META, id, entry).await
+        let change = Change {
+            op: ReplOp::SetMeta,
+            prev_version: e.version,
+            content: None,
+        };
+        self.commit(op::SET_META, id, entry, origin, change).await
     }
 }
 

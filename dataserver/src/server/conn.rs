@@ -13,8 +13,11 @@ use tracing::{debug, info_span, warn, Instrument};
 
 use super::body::{message_kind, BodyBufs, NetBody};
 use super::metrics::Metrics;
-use crate::cluster::SharedView;
+use crate::cluster::view::ungated;
+use crate::cluster::{Role, SharedView};
 use crate::engine::{Engine, EngineError};
+use crate::repl::dedup::{Begin, Dedup};
+use crate::repl::{slave, Replicator};
 
 /// What the connection loop needs from the server.
 pub struct ConnContext {
@@ -29,6 +32,74 @@ pub struct ConnContext {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// The cluster view every request is admitted against.
     pub cluster: SharedView,
+    /// Replication (clustered servers only).
+    pub repl: Option<Arc<Replicator>>,
+    /// Answers of recent writes, for exactly-once retries.
+    pub dedup: Arc<Dedup>,
+}
+
+fn unknown_outcome(why: String) -> WireError {
+    WireError::new(
+        ErrorCode::Unavailable,
+        format!("the first attempt of this request was applied here but its replication is unknown ({why}); not running it again"),
+    )
+}
+
+/// The dedup slot of a client write that carries `(client_id, seq)`.
+async fn dedup_begin<'a>(ctx: &'a ConnContext, env: &RequestEnvelope) -> Option<Begin<'a>> {
+    if is_write(&env.op) && env.client_id != 0 && env.seq != 0 {
+        Some(ctx.dedup.begin(env.client_id, env.seq).await)
+    } else {
+        None
+    }
+}
+
+/// Whether `op` changes data (a client write).
+fn is_write(op: &Request) -> bool {
+    matches!(
+        op,
+        Request::Upload { .. }
+            | Request::Append { .. }
+            | Request::Modify { .. }
+            | Request::Truncate { .. }
+            | Request::Delete { .. }
+            | Request::SetMeta { .. }
+    )
+}
+
+/// The gate for one request: replication traffic has its own rules (a
+/// change from the current master; catch-up requests to the master at the
+/// requester's epoch); client requests go through the cluster gate, and
+/// writes on a master also wait for its epoch to have started.
+fn gate(ctx: &ConnContext, env: &RequestEnvelope) -> Result<(), WireError> {
+    match &env.op {
+        Request::Replicate(_) => return slave::admit(&ctx.cluster, env.epoch),
+        Request::ReplLog { .. } | Request::ReplFetch { .. } | Request::ReplReady { .. } => {
+            return match ctx.cluster.role() {
+                Role::Master { epoch, .. } if epoch == env.epoch => Ok(()),
+                Role::Master { epoch, .. } => Err(WireError::new(
+                    if env.epoch < epoch {
+                        ErrorCode::StaleEpoch
+                    } else {
+                        ErrorCode::Unavailable
+                    },
+                    format!("epoch {} asked, this master is at {epoch}", env.epoch),
+                )),
+                _ => Err(WireError::new(
+                    ErrorCode::NotMaster,
+                    "catch-up requests go to the master",
+                )),
+            };
+        }
+        _ => {}
+    }
+    ctx.cluster.admit(ungated(&env.op), env.epoch)?;
+    if let (true, Some(repl)) = (is_write(&env.op), &ctx.repl) {
+        if let Role::Master { epoch, .. } = ctx.cluster.role() {
+            repl.writable(epoch)?;
+        }
+    }
+    Ok(())
 }
 
 /// How a request ended, for the connection loop.
@@ -166,9 +237,7 @@ where
     let op = env.op.op_name();
     let id = env.id;
     // The cluster gate: role, lease and epoch (see `cluster::view`).
-    let admitted = ctx
-        .cluster
-        .admit(matches!(env.op, Request::Ping), env.epoch);
+    let admitted = gate(ctx, &env);
     if let Err(e) = &admitted {
         debug!(code = %e.code, error = %e.message, "request refused by the cluster gate");
     }
@@ -190,8 +259,21 @@ where
         }
         let mut body = NetBody::new(reader, bufs, id, size, ctx.frame_timeout);
         // A refused request's body is drained below, keeping the stream in step.
+        let client = (env.client_id, env.seq);
         let result = match admitted {
-            Ok(()) => run_with_body(ctx, env.op, &mut body).await,
+            Ok(()) => match dedup_begin(ctx, &env).await {
+                Some(Begin::Done(reply)) => {
+                    debug!("retry of a write already done: its first answer");
+                    Ok(reply)
+                }
+                Some(Begin::Unknown(why)) => Err(unknown_outcome(why)),
+                Some(Begin::Run(guard)) => {
+                    let r = run_with_body(ctx, env.op, env.epoch, client, &mut body).await;
+                    guard.finish(&r);
+                    r
+                }
+                None => run_with_body(ctx, env.op, env.epoch, client, &mut body).await,
+            },
             Err(e) => Err(e),
         };
         let in_step = body.drain().await;
@@ -237,7 +319,28 @@ where
         };
     }
 
-    let result = run_simple(ctx, env.op).await;
+    if let Request::ReplFetch { file_id } = &env.op {
+        let out = repl_fetch(ctx, id, file_id, writer).await;
+        ctx.metrics.finish(op, out.is_ok(), started.elapsed());
+        return match out {
+            Ok(()) | Err(DownloadEnd::Answered) => Outcome::Continue,
+            Err(DownloadEnd::Broken) => Outcome::Close,
+        };
+    }
+
+    let result = match dedup_begin(ctx, &env).await {
+        Some(Begin::Done(reply)) => {
+            debug!("retry of a write already done: its first answer");
+            Ok(reply)
+        }
+        Some(Begin::Unknown(why)) => Err(unknown_outcome(why)),
+        Some(Begin::Run(guard)) => {
+            let r = run_simple(ctx, env.op, (env.client_id, env.seq)).await;
+            guard.finish(&r);
+            r
+        }
+        None => run_simple(ctx, env.op, (env.client_id, env.seq)).await,
+    };
     if let Err(e) = &result {
         debug!(code = %e.code, error = %e.message, "request failed");
     }
@@ -251,9 +354,25 @@ where
 async fn run_with_body<R: AsyncRead + Unpin + Send>(
     ctx: &ConnContext,
     op: Request,
+    epoch: u64,
+    client: (u64, u64),
     body: &mut NetBody<'_, R>,
 ) -> Res {
     match op {
+        Request::Replicate(rec) => {
+            let Some(repl) = &ctx.repl else {
+                return Err(WireError::new(
+                    ErrorCode::BadRequest,
+                    "this server is not in a cluster",
+                ));
+            };
+            let r = slave::apply(&ctx.engine, repl, &ctx.cluster, epoch, &rec, body).await;
+            if r.is_ok() && rec.client_id != 0 && rec.seq != 0 {
+                ctx.dedup
+                    .record(rec.client_id, rec.seq, slave::client_reply(&rec));
+            }
+            r
+        }
         Request::Upload {
             size,
             ext,
@@ -263,7 +382,7 @@ async fn run_with_body<R: AsyncRead + Unpin + Send>(
             proto::file_id::validate_ext(&ext)
                 .map_err(|e| WireError::new(ErrorCode::BadRequest, e.to_string()))?;
             ctx.engine
-                .upload(size, &ext, meta, appender, body)
+                .upload_for(size, &ext, meta, appender, body, client)
                 .await
                 .map(Reply::Stat)
                 .map_err(engine_err)
@@ -275,7 +394,7 @@ async fn run_with_body<R: AsyncRead + Unpin + Send>(
         } => {
             let fid = parse_id(ctx, &file_id)?;
             ctx.engine
-                .append(&fid, size, if_version, body)
+                .append_for(&fid, size, if_version, body, client)
                 .await
                 .map(Reply::Stat)
                 .map_err(engine_err)
@@ -288,7 +407,7 @@ async fn run_with_body<R: AsyncRead + Unpin + Send>(
         } => {
             let fid = parse_id(ctx, &file_id)?;
             ctx.engine
-                .modify(&fid, offset, size, if_version, body)
+                .modify_for(&fid, offset, size, if_version, body, client)
                 .await
                 .map(Reply::Stat)
                 .map_err(engine_err)
@@ -300,7 +419,7 @@ async fn run_with_body<R: AsyncRead + Unpin + Send>(
     }
 }
 
-async fn run_simple(ctx: &ConnContext, op: Request) -> Res {
+async fn run_simple(ctx: &ConnContext, op: Request, client: (u64, u64)) -> Res {
     let e = &ctx.engine;
     match op {
         Request::Ping => Ok(Reply::Pong {
@@ -313,7 +432,7 @@ async fn run_simple(ctx: &ConnContext, op: Request) -> Res {
             if_version,
         } => {
             let fid = parse_id(ctx, &file_id)?;
-            e.delete(&fid, if_version)
+            e.delete_for(&fid, if_version, client)
                 .await
                 .map(|version| Reply::Deleted { version })
                 .map_err(engine_err)
@@ -324,7 +443,7 @@ async fn run_simple(ctx: &ConnContext, op: Request) -> Res {
             if_version,
         } => {
             let fid = parse_id(ctx, &file_id)?;
-            e.truncate(&fid, size, if_version)
+            e.truncate_for(&fid, size, if_version, client)
                 .await
                 .map(Reply::Stat)
                 .map_err(engine_err)
@@ -340,7 +459,7 @@ async fn run_simple(ctx: &ConnContext, op: Request) -> Res {
             if_version,
         } => {
             let fid = parse_id(ctx, &file_id)?;
-            e.set_meta(&fid, meta, mode, if_version)
+            e.set_meta_for(&fid, meta, mode, if_version, client)
                 .await
                 .map(Reply::Stat)
                 .map_err(engine_err)
@@ -356,11 +475,102 @@ async fn run_simple(ctx: &ConnContext, op: Request) -> Res {
             let fid = parse_id(ctx, &file_id)?;
             e.exists(&fid).await.map(Reply::Exists).map_err(engine_err)
         }
+        Request::ReplLog { from, max } => {
+            let (records, last_version) = e
+                .log_refs(from.max(1), (max as usize).clamp(1, 4096))
+                .map_err(engine_err)?;
+            Ok(Reply::ReplLog {
+                records,
+                last_version,
+            })
+        }
+        Request::ReplReady { server_id, .. } => match &ctx.repl {
+            Some(repl) => repl.activate(e, server_id).await,
+            None => Err(WireError::new(
+                ErrorCode::BadRequest,
+                "this server is not in a cluster",
+            )),
+        },
+        Request::ListFiles { after, limit } => {
+            // A page is one scan of the index: keep it off the async workers.
+            let engine = Arc::clone(e);
+            let (files, done) =
+                tokio::task::spawn_blocking(move || engine.list_files(&after, limit as usize))
+                    .await
+                    .map_err(|err| {
+                        WireError::new(ErrorCode::Internal, format!("listing failed: {err}"))
+                    })?;
+            Ok(Reply::Files {
+                files,
+                data_version: e.data_version(),
+                done,
+            })
+        }
         other => Err(WireError::new(
             ErrorCode::Internal,
             format!("{} is not a simple request", other.op_name()),
         )),
     }
+}
+
+/// Catch-up: a file's state and whole content, like a download.
+async fn repl_fetch<W: AsyncWrite + Unpin + Send>(
+    ctx: &ConnContext,
+    id: u64,
+    file_id: &str,
+    writer: &mut FrameWriter<W>,
+) -> Result<(), DownloadEnd> {
+    let fetched = match parse_id(ctx, file_id) {
+        Ok(fid) => ctx.engine.fetch_file(&fid).await.map_err(engine_err),
+        Err(e) => Err(e),
+    };
+    let (reply, parts) = match fetched {
+        Ok(None) => (
+            Reply::ReplFile {
+                file_version: 0,
+                state: None,
+            },
+            Vec::new(),
+        ),
+        Ok(Some((file_version, state, parts))) => (
+            Reply::ReplFile {
+                file_version,
+                state: Some(state),
+            },
+            parts,
+        ),
+        Err(e) => {
+            return match send_response(writer, id, Err(e)).await {
+                Ok(()) => Err(DownloadEnd::Answered),
+                Err(_) => Err(DownloadEnd::Broken),
+            }
+        }
+    };
+    let has_body = matches!(&reply, Reply::ReplFile { state: Some(_), .. });
+    if send_response(writer, id, Ok(reply)).await.is_err() {
+        return Err(DownloadEnd::Broken);
+    }
+    if !has_body {
+        return Ok(());
+    }
+    if parts.is_empty() {
+        let last = Message::Data(DataChunk { id, last: true });
+        return writer
+            .write(&last, &[])
+            .await
+            .map_err(|_| DownloadEnd::Broken);
+    }
+    let n = parts.len();
+    for (i, p) in parts.into_iter().enumerate() {
+        let msg = Message::Data(DataChunk {
+            id,
+            last: i + 1 == n,
+        });
+        if writer.write(&msg, &p).await.is_err() {
+            return Err(DownloadEnd::Broken);
+        }
+    }
+    Ok(())
 }
 
 enum DownloadEnd {

@@ -18,6 +18,12 @@ use tracing::{debug, info, warn};
 use crate::cluster::{agent, AgentConfig, ClusterError, ClusterView, SharedView};
 use crate::config::Config;
 use crate::engine::{Engine, EngineError};
+use crate::repl::catchup::CatchUp;
+use crate::repl::dedup::Dedup;
+use crate::repl::epoch::EpochFile;
+use crate::repl::wipe::{self, WipePlan};
+use crate::repl::{ReplTiming, Replicator};
+use client::leader::LeaderClient;
 use conn::ConnContext;
 use metrics::Metrics;
 use proto::{ErrorCode, FrameWriter, Message, ResponseEnvelope, WireError};
@@ -51,6 +57,9 @@ pub struct Server {
     view: SharedView,
     /// Set when leaders are configured.
     agent: Option<AgentConfig>,
+    /// Replication (set with `agent`).
+    repl: Option<Arc<Replicator>>,
+    wipe: WipePlan,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
@@ -64,6 +73,19 @@ impl Server {
     pub async fn start(cfg: Config) -> Result<Server, ServerError> {
         cfg.validate()?;
         let engine_cfg = cfg.engine_config();
+        let wipe = WipePlan {
+            store_paths: engine_cfg.store_paths.clone(),
+            meta_dir: engine_cfg.meta_dir.clone(),
+        };
+        // A wipe asked for before a restart happens before anything is read.
+        let plan = wipe.clone();
+        tokio::task::spawn_blocking(move || wipe::apply_pending(&plan))
+            .await
+            .map_err(|e| EngineError::Internal(format!("wipe task failed: {e}")))?
+            .map_err(|e| EngineError::Io {
+                context: "wiping the store".into(),
+                source: e,
+            })?;
         let engine = tokio::task::spawn_blocking(move || Engine::open(engine_cfg))
             .await
             .map_err(|e| EngineError::Internal(format!("engine open task failed: {e}")))??;
@@ -89,6 +111,22 @@ impl Server {
             (ClusterView::standalone(id, cfg.group.clone()), None)
         };
         let view = SharedView::new(view);
+        let dedup = Arc::new(Dedup::default());
+        let repl = agent.as_ref().map(|a| {
+            let epochs = Arc::new(EpochFile::open(&wipe.meta_dir));
+            let leaders = LeaderClient::with_timeouts(a.leaders.clone(), agent::timeouts());
+            let r = Replicator::new(
+                a.id,
+                a.group.clone(),
+                view.clone(),
+                leaders,
+                ReplTiming::default(),
+                epochs,
+                dedup.clone(),
+            );
+            engine.set_replicate_hook(Some(r.clone()));
+            r
+        });
         let metrics_listener = match cfg.metrics_listen {
             Some(a) => Some(bind(a).await?),
             None => None,
@@ -105,6 +143,8 @@ impl Server {
             frame_timeout: Duration::from_secs(cfg.limits.frame_timeout_secs.max(1)),
             shutdown: shutdown_rx,
             cluster: view.clone(),
+            repl: repl.clone(),
+            dedup,
         });
         Ok(Server {
             engine,
@@ -117,6 +157,8 @@ impl Server {
             shutdown_tx,
             view,
             agent,
+            repl,
+            wipe,
         })
     }
 
@@ -156,12 +198,23 @@ impl Server {
             shutdown_tx,
             view,
             agent,
+            repl,
+            wipe,
         } = self;
-        let mut agent = agent.map(|cfg| {
+        let mut agent = agent.zip(repl).map(|(cfg, repl)| {
+            let catchup = CatchUp {
+                id: cfg.id,
+                group: cfg.group.clone(),
+                engine: engine.clone(),
+                view: view.clone(),
+                repl,
+                wipe,
+            };
             tokio::spawn(agent::run(
                 cfg,
                 engine.clone(),
                 view.clone(),
+                catchup,
                 ctx.shutdown.clone(),
             ))
         });

@@ -233,13 +233,26 @@ pub fn status_of(map: &ClusterMap, id: ServerId) -> Option<ServerStatus> {
     map.server(id).map(|s| s.status)
 }
 
-/// Bring a WAIT_SYNC server to ACTIVE through the progress ladder.
+/// Bring a WAIT_SYNC server to ACTIVE: the progress ladder to ONLINE, then
+/// its group's master vouches for it (as a real master does after its
+/// barrier).
 pub async fn promote_to_active(client: &LeaderClient, id: ServerId, data_version: u64) {
-    for s in [
-        ServerStatus::Syncing,
-        ServerStatus::Online,
-        ServerStatus::Active,
-    ] {
-        client.report_progress(id, s, data_version).await.unwrap();
+    let map = client.get_map(true).await.unwrap();
+    if status_of(&map, id) == Some(ServerStatus::WaitSync) {
+        client
+            .report_progress(id, ServerStatus::Syncing, data_version)
+            .await
+            .unwrap();
     }
+    client
+        .report_progress(id, ServerStatus::Online, data_version)
+        .await
+        .unwrap();
+    let map = client.get_map(true).await.unwrap();
+    let group = map.server(id).unwrap().group.clone();
+    let g = map.group(&group).unwrap();
+    client
+        .activate(&group, g.master.unwrap(), id, g.epoch, data_version)
+        .await
+        .unwrap();
 }

@@ -456,6 +456,12 @@ async fn failover_and_remove() {
             "failover took {:?}",
             t.elapsed()
         );
+        // The old master must recheck its history against the new one
+        // before it takes writes again: RECOVERING until vouched for.
+        let m = client.get_map(true).await.unwrap();
+        assert_eq!(status_of(&m, 1), Some(ServerStatus::Recovering));
+        assert!(client.failover("g1", Some(1)).await.is_err());
+        promote_to_active(&client, 1, 0).await;
         let g = client.failover("g1", Some(1)).await.unwrap();
         assert_eq!((g.master, g.epoch), (Some(1), 3));
 

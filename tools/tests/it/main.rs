@@ -7,3 +7,4 @@ mod cluster;
 mod cluster_harness;
 mod harness;
 mod roundtrip;
+mod verify;

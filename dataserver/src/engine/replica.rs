@@ -1,0 +1,470 @@
+//! The engine's side of replication.
+//!
+//! * Every mutation runs with an [`Origin`]: a client request here, or a
+//!   change replicated from the master. A replicated change must take the
+//!   data version the master gave it (the binlog refuses anything else),
+//!   keeps the master's times and metadata, and must produce the master's
+//!   size and crc32 (else [`EngineError::Diverged`] and nothing is logged).
+//!   Its binlog record carries the lower-case op code.
+//! * A local change on a master is durable here first, then handed to the
+//!   [`ReplicateHook`] (which sends it to the slaves and waits for them),
+//!   and only then published to the index and acknowledged: no reader can
+//!   see a change the slaves do not have. If the hook fails, the change is
+//!   published anyway (the index must match the binlog) and the caller gets
+//!   the hook's error; the hook fences the server (see `repl/`).
+//! * [`Engine::apply_replicated`] applies one [`ReplRecord`] on a slave.
+
+use std::fs::File;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use proto::{FileId, FileStat, ReplOp, ReplRecord, ReplState};
+
+use super::chunk::HEADER_LEN;
+use super::content::read_at;
+use super::error::{EngineError, IoContext};
+use super::index::{Entry, Loc};
+use super::{Body, Engine};
+
+/// Where a mutation comes from.
+#[derive(Clone, Copy)]
+pub(crate) enum Origin<'a> {
+    /// A client request at this server: `(client_id, seq)`.
+    Local { client: (u64, u64) },
+    /// A change the master assigned `rec.version`.
+    Replica(&'a ReplRecord),
+}
+
+impl Origin<'_> {
+    /// The data version the binlog must hand out (replicas only).
+    pub fn expect(&self) -> Option<u64> {
+        match self {
+            Origin::Local { .. } => None,
+            Origin::Replica(r) => Some(r.version),
+        }
+    }
+
+    /// The file version to record for a change at data version `v`.
+    pub fn file_version(&self, v: u64) -> u64 {
+        match self {
+            Origin::Local { .. } => v,
+            Origin::Replica(r) => r.file_version,
+        }
+    }
+
+    /// The binlog op code: lower case for replicated changes.
+    pub fn op_code(&self, op: u8) -> u8 {
+        match self {
+            Origin::Local { .. } => op,
+            Origin::Replica(_) => op.to_ascii_lowercase(),
+        }
+    }
+}
+
+/// What a local change was, for the slaves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Change {
+    pub op: ReplOp,
+    /// The file's version before (0: it did not exist).
+    pub prev_version: u64,
+    /// The bytes to send: `(offset, len)` within the new content.
+    pub content: Option<(u64, u64)>,
+}
+
+/// Bytes of a durable, not yet published change, read back for the slaves.
+#[derive(Clone)]
+pub struct Content {
+    file: Arc<File>,
+    base: u64,
+    len: u64,
+}
+
+impl Content {
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Up to `max` bytes from `at` (within the change's bytes).
+    pub async fn read(&self, at: u64, max: usize) -> Result<Bytes, EngineError> {
+        let n = (self.len.saturating_sub(at)).min(max as u64) as usize;
+        read_at(&self.file, self.base + at, n).await
+    }
+}
+
+/// The boxed future a [`ReplicateHook`] returns.
+pub type HookFuture<'a> = Pin<Box<dyn Future<Output = Result<(), EngineError>> + Send + 'a>>;
+
+/// Sends a durable local change to the slaves (set by the server on a
+/// member of a sync group).
+pub trait ReplicateHook: Send + Sync + 'static {
+    /// `None` when this server has nobody to replicate to right now.
+    fn replicate(&self, rec: ReplRecord, content: Option<Content>) -> HookFuture<'_>;
+}
+
+pub(crate) fn repl_state(e: &Entry) -> ReplState {
+    ReplState {
+        size: e.size,
+        crc32: e.crc32,
+        create_time_us: e.create_us,
+        modify_time_us: e.modify_us,
+        appender: e.appender,
+        meta: e.meta.clone(),
+    }
+}
+
+impl Engine {
+    /// Install the hook that replicates local changes (`None` removes it).
+    pub fn set_replicate_hook(&self, hook: Option<Arc<dyn ReplicateHook>>) {
+        *self.hook.write() = hook;
+    }
+
+    /// A replicated change must end where the master's did.
+    pub(crate) fn conform(
+        &self,
+        id: &FileId,
+        entry: &mut Entry,
+        origin: Origin<'_>,
+    ) -> Result<(), EngineError> {
+        let Origin::Replica(rec) = origin else {
+            return Ok(());
+        };
+        let Some(st) = &rec.state else {
+            return Ok(());
+        };
+        if entry.size != st.size || entry.crc32 != st.crc32 {
+            return Err(EngineError::Diverged(format!(
+                "{id} at version {}: the master has {} bytes crc32 {:08x}, applying here gives {} bytes crc32 {:08x}",
+                rec.version, st.size, st.crc32, entry.size, entry.crc32
+            )));
+        }
+        entry.create_us = st.create_time_us;
+        entry.modify_us = st.modify_time_us;
+        entry.appender = st.appender;
+        entry.meta = st.meta.clone();
+        Ok(())
+    }
+
+    /// The bytes `(offset, len)` of `entry`'s content.
+    pub(crate) fn content_of(
+        &self,
+        id: &FileId,
+        entry: &Entry,
+        offset: u64,
+        len: u64,
+    ) -> Result<Content, EngineError> {
+        let store = &self.stores[entry.loc.store() as usize];
+        match entry.loc {
+            Loc::Small {
+                chunk, offset: rec, ..
+            } => {
+                let file = store
+                    .chunk(chunk)
+                    .ctx(|| format!("opening the chunk of {id}"))?;
+                Ok(Content {
+                    file,
+                    base: rec + HEADER_LEN + offset,
+                    len,
+                })
+            }
+            Loc::Large { .. } => {
+                let path = store.large_path(id);
+                let file = File::open(&path).ctx(|| format!("opening {}", path.display()))?;
+                Ok(Content {
+                    file: Arc::new(file),
+                    base: offset,
+                    len,
+                })
+            }
+        }
+    }
+
+    /// Use up version `v` with a no-op record.
+    pub(crate) async fn log_noop(&self, v: u64) -> Result<u64, EngineError> {
+        let _g = self.gate.read().await;
+        self.check_writable()?;
+        let res = self
+            .binlog
+            .append(Some(v), |v, c| {
+                super::binlog::encode_committed(v, super::binlog::op::VOID, "", v, None, 0, c)
+            })
+            .await;
+        match res {
+            Ok(v) => {
+                self.binlog.applied(v);
+                Ok(v)
+            }
+            Err(e) => Err(self.binlog_failed(e)),
+        }
+    }
+
+    /// The next data version this server will hand out.
+    pub fn next_version(&self) -> u64 {
+        self.binlog.next_version()
+    }
+
+    /// Wait until version `v - 1` has been handed out here (so `v` is the
+    /// next), at most `limit`. False on timeout or when `v` is already past.
+    pub async fn wait_turn(&self, v: u64, limit: std::time::Duration) -> bool {
+        let mut rx = self.binlog.assigned();
+        let want = v.saturating_sub(1);
+        // The watch's guard must be gone before the binlog lock is taken
+        // (the binlog updates the watch under that lock).
+        let reached =
+            tokio::time::timeout(limit, async { rx.wait_for(|&a| a >= want).await.is_ok() })
+                .await
+                .unwrap_or(false);
+        reached && self.binlog.next_version() == v
+    }
+
+    /// Wait until every version up to `v` is durable here, at most `limit`.
+    pub async fn wait_durable(&self, v: u64, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.data_version() < v {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        true
+    }
+
+    /// A master's barrier: a local no-op version, replicated like any
+    /// change. When it returns `Ok`, every slave the hook waited for has
+    /// every version up to the returned one.
+    pub async fn barrier(&self) -> Result<u64, EngineError> {
+        let v = {
+            let _g = self.gate.read().await;
+            self.check_writable()?;
+            let res = self
+                .binlog
+                .append(None, |v, c| {
+                    super::binlog::encode_committed(v, super::binlog::op::VOID, "", v, None, 0, c)
+                })
+                .await;
+            match res {
+                Ok(v) => v,
+                Err(e) => return Err(self.binlog_failed(e)),
+            }
+        };
+        let hook = self.hook.read().clone();
+        let res = match hook {
+            Some(h) => {
+                let rec = ReplRecord {
+                    version: v,
+                    file_id: String::new(),
+                    op: ReplOp::Noop,
+                    prev_version: 0,
+                    file_version: v,
+                    state: None,
+                    body_len: 0,
+                    client_id: 0,
+                    seq: 0,
+                };
+                h.replicate(rec, None).await
+            }
+            None => Ok(()),
+        };
+        self.binlog.applied(v);
+        res.map(|()| v)
+    }
+
+    /// Catch-up listing: records from `from` up to the last version every
+    /// change below which is visible in the index, at most `max`; and
+    /// that version.
+    pub fn log_refs(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<(Vec<proto::LogRef>, u64), EngineError> {
+        let safe = self.binlog.safe_version().min(self.data_version());
+        let recs = self.binlog_records_since(from.saturating_sub(1), max)?;
+        let refs = recs
+            .into_iter()
+            .filter(|r| r.version <= safe)
+            .map(|r| {
+                let void = r.op.to_ascii_uppercase() == super::binlog::op::VOID;
+                proto::LogRef {
+                    version: r.version,
+                    file_id: if void { String::new() } else { r.file_id },
+                    delete: r.op.to_ascii_uppercase() == super::binlog::op::DELETE,
+                }
+            })
+            .collect();
+        Ok((refs, safe))
+    }
+
+    /// Catch-up fetch: a file's current version, state and whole content
+    /// (read under its lane, so no change is half-seen). `None`: no file.
+    pub async fn fetch_file(
+        &self,
+        id: &FileId,
+    ) -> Result<Option<(u64, ReplState, Vec<Bytes>)>, EngineError> {
+        self.check_id(id)?;
+        let _lane = self.lanes.lock(id).await;
+        let Some(entry) = self.index.read().get(id).cloned() else {
+            return Ok(None);
+        };
+        let content = self.content_of(id, &entry, 0, entry.size)?;
+        let mut parts = Vec::new();
+        let mut at = 0;
+        while at < content.len() {
+            let b = content.read(at, proto::frame::STREAM_CHUNK).await?;
+            if b.is_empty() {
+                return Err(EngineError::Corrupt(format!(
+                    "{id} is shorter than its index entry"
+                )));
+            }
+            at += b.len() as u64;
+            parts.push(b);
+        }
+        let mut h = crc32fast::Hasher::new();
+        for p in &parts {
+            h.update(p);
+        }
+        if h.finalize() != entry.crc32 {
+            return Err(EngineError::Corrupt(format!(
+                "{id}: content does not match its crc32"
+            )));
+        }
+        Ok(Some((entry.version, repl_state(&entry), parts)))
+    }
+
+    /// The last step of every mutation: replicate a local change (if a
+    /// hook is set), then publish it.
+    pub(crate) async fn finish(
+        &self,
+        origin: Origin<'_>,
+        change: Change,
+        id: &FileId,
+        entry: Entry,
+    ) -> Result<FileStat, EngineError> {
+        let res = match origin {
+            Origin::Local { client } => self.replicate_local(client, change, id, &entry).await,
+            Origin::Replica(_) => Ok(()),
+        };
+        let stat = self.publish(id, entry);
+        res.map(|()| stat)
+    }
+
+    pub(crate) async fn replicate_local(
+        &self,
+        client: (u64, u64),
+        change: Change,
+        id: &FileId,
+        entry: &Entry,
+    ) -> Result<(), EngineError> {
+        let Some(hook) = self.hook.read().clone() else {
+            return Ok(());
+        };
+        let content = match change.content {
+            Some((off, len)) => Some(self.content_of(id, entry, off, len)?),
+            None => None,
+        };
+        let rec = ReplRecord {
+            version: entry.version,
+            file_id: id.to_string(),
+            op: change.op,
+            prev_version: change.prev_version,
+            file_version: entry.version,
+            state: Some(repl_state(entry)),
+            body_len: content.as_ref().map_or(0, |c| c.len()),
+            client_id: client.0,
+            seq: client.1,
+        };
+        hook.replicate(rec, content).await
+    }
+
+    /// Apply one replicated change. The caller applies changes in version
+    /// order, one at a time up to the point its version is taken (see
+    /// `repl::slave`), and `rec.version` must be the next version here.
+    ///
+    /// Rules, by the file's version here (`have`, 0 when absent):
+    /// * `Noop`, or `have >= rec.file_version` (already there, e.g. from a
+    ///   catch-up copy): the version is used by a no-op record.
+    /// * `Install`: the file is replaced by the given state and content.
+    /// * `Delete`: removed (a no-op record when absent).
+    /// * otherwise `have` must be `rec.prev_version` (else `Diverged`), and
+    ///   the change is applied and must produce the master's size and crc.
+    pub async fn apply_replicated(
+        &self,
+        rec: &ReplRecord,
+        body: &mut impl Body,
+    ) -> Result<u64, EngineError> {
+        let origin = Origin::Replica(rec);
+        let next = self.binlog.next_version();
+        if rec.version != next {
+            return Err(EngineError::Diverged(format!(
+                "replicated version {} arrived, but the next version here is {next}",
+                rec.version
+            )));
+        }
+        if rec.op == ReplOp::Noop {
+            return self.log_noop(rec.version).await;
+        }
+        let id = FileId::parse(&rec.file_id).map_err(|e| EngineError::InvalidFileId {
+            id: rec.file_id.clone(),
+            why: e.to_string(),
+        })?;
+        self.check_id(&id)?;
+        let have = self.index.read().get(&id).map_or(0, |e| e.version);
+        if rec.op != ReplOp::Install && have != 0 && have >= rec.file_version {
+            return self.log_noop(rec.version).await;
+        }
+        let state = || {
+            rec.state.clone().ok_or_else(|| {
+                EngineError::BadRequest(format!("replicated {} without a state", rec.op.name()))
+            })
+        };
+        match rec.op {
+            ReplOp::Delete => {
+                if have == 0 {
+                    return self.log_noop(rec.version).await;
+                }
+                self.do_delete(&id, None, origin).await
+            }
+            ReplOp::Install => {
+                let st = state()?;
+                self.do_upload_as(&id, rec.body_len, st.meta, st.appender, body, origin)
+                    .await
+                    .map(|s| s.version)
+            }
+            _ if have != rec.prev_version => Err(EngineError::Diverged(format!(
+                "{id}: the master changed version {} here, but this server has version {have}",
+                rec.prev_version
+            ))),
+            ReplOp::Create => {
+                let st = state()?;
+                self.do_upload_as(&id, rec.body_len, st.meta, st.appender, body, origin)
+                    .await
+                    .map(|s| s.version)
+            }
+            ReplOp::Append { .. } => self
+                .do_append(&id, rec.body_len, None, body, origin)
+                .await
+                .map(|s| s.version),
+            ReplOp::Modify { offset } => self
+                .do_modify(&id, offset, rec.body_len, None, body, origin)
+                .await
+                .map(|s| s.version),
+            ReplOp::Truncate => {
+                let st = state()?;
+                self.do_truncate(&id, st.size, None, origin)
+                    .await
+                    .map(|s| s.version)
+            }
+            ReplOp::SetMeta => {
+                let st = state()?;
+                self.do_set_meta(&id, st.meta, proto::MetaMode::Overwrite, None, origin)
+                    .await
+                    .map(|s| s.version)
+            }
+            ReplOp::Noop => self.log_noop(rec.version).await,
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Climbing to ACTIVE: a member that is not in the write set copies what
+//! it misses from the master, then asks to be activated. Also starts a new
+//! master's epoch.
+//!
+//! * WAIT_SYNC: report SYNCING.
+//! * SYNCING / RECOVERING: first the history check — a server that last
+//!   took writes in an older epoch and holds versions past the point the
+//!   next epoch started (`GroupInfo::divergence_point`) may hold writes
+//!   nobody acknowledged: it wipes its store and re-copies everything
+//!   ([`super::wipe`]). Then catch up: list the master's binlog from the
+//!   next version here and apply each version in turn ([`super::pull`]).
+//!   Caught up: report ONLINE.
+//! * ONLINE: the master now sends live writes too; fill any gap, then ask
+//!   the master to activate (`ReplReady`): it makes every write wait for
+//!   this server, replicates a barrier, and has the leaders mark it ACTIVE.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use client::peer::{PeerBody, PeerConn};
+use proto::cluster::{ServerId, ServerStatus};
+use proto::{Reply, Request};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use super::pull::Puller;
+use super::{wipe, Replicator};
+use crate::cluster::{Role, SharedView};
+use crate::engine::Engine;
+
+/// What catch-up needs.
+pub struct CatchUp {
+    pub id: ServerId,
+    pub group: String,
+    pub engine: Arc<Engine>,
+    pub view: SharedView,
+    pub repl: Arc<Replicator>,
+    /// Store paths and meta dir, for a wipe.
+    pub wipe: wipe::WipePlan,
+}
+
+impl CatchUp {
+    /// Run until the process ends: act on every tick or wake-up.
+    pub async fn run(self, tick: Duration, wake: Arc<Notify>) {
+        let mut t = tokio::time::interval(tick);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = t.tick() => {}
+                _ = wake.notified() => {}
+            }
+            if let Err(e) = self.step().await {
+                warn!(error = %e, "catch-up step did not finish; retrying");
+            }
+        }
+    }
+
+    async fn pull(&self, master: &str, epoch: u64) -> Result<u64, String> {
+        let _one = self.repl.pull_lock().lock().await;
+        Puller::new(&self.engine, &self.repl, master, epoch)
+            .run()
+            .await
+    }
+
+    async fn step(&self) -> Result<(), String> {
+        let (role, status, map) = self
+            .view
+            .with(|v| (v.role().clone(), v.my_status(), v.map.clone()));
+        let (epoch, master) = match role {
+            Role::Master { epoch, .. } => {
+                return self.repl.start_epoch(&self.engine, epoch).await;
+            }
+            Role::Slave {
+                epoch,
+                master: Some(m),
+            } => (epoch, m),
+            _ => return Ok(()),
+        };
+        let client = self.repl.leaders();
+        match status {
+            ServerStatus::WaitSync => {
+                let v = self.engine.data_version();
+                client
+                    .report_progress(self.id, ServerStatus::Syncing, v)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                info!("WAIT_SYNC -> SYNCING");
+                Ok(())
+            }
+            ServerStatus::Syncing | ServerStatus::Recovering => {
+                if let Some(g) = map.as_ref().and_then(|m| m.group(&self.group)) {
+                    let last_epoch = self.repl.epoch_file().get();
+                    let mine = self.engine.next_version() - 1;
+                    if let Some(point) = g.divergence_point(last_epoch) {
+                        if mine > point {
+                            warn!(
+                                last_epoch,
+                                mine,
+                                point,
+                                "this server may hold writes the group never acknowledged: wiping it to copy everything again"
+                            );
+                            return Err(wipe::wipe_and_restart(&self.wipe));
+                        }
+                    }
+                }
+                let reached = self.pull(&master.addr, epoch).await?;
+                client
+                    .report_progress(self.id, ServerStatus::Online, reached)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                info!(%status, data_version = reached, "caught up: ONLINE");
+                Ok(())
+            }
+            ServerStatus::Online => {
+                let reached = self.pull(&master.addr, epoch).await?;
+                let mut conn = connect(&master.addr).await?;
+                let r = conn
+                    .call(
+                        Request::ReplReady {
+                            server_id: self.id,
+                            data_version: reached,
+                        },
+                        epoch,
+                        (0, 0),
+                        PeerBody::None,
+                        None,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match r {
+                    Ok(Reply::Activated { map_version }) => {
+                        info!(map_version, "activated: ACTIVE");
+                        Ok(())
+                    }
+                    Ok(other) => Err(format!("unexpected answer to ReplReady: {other:?}")),
+                    Err(e) => Err(format!("activation refused: {e}")),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+async fn connect(addr: &str) -> Result<PeerConn, String> {
+    PeerConn::connect(addr, Duration::from_secs(2), Duration::from_secs(30))
+        .await
+        .map_err(|e| format!("connecting to the master at {addr}: {e}"))
+}

@@ -1,0 +1,369 @@
+//! The master's side: sending changes to the slaves, dropping a slave that
+//! misses its deadline, activating a slave that caught up, and starting an
+//! epoch.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use client::leader::{LeaderClient, LeaderClientError};
+use client::peer::{PeerBody, PeerConn};
+use parking_lot::Mutex;
+use proto::cluster::{ServerId, ServerStatus};
+use proto::{ErrorCode, ReplRecord, Reply, Request, WireError};
+use tracing::{debug, info, warn};
+
+use super::dedup::Dedup;
+use super::epoch::EpochFile;
+use super::slave;
+use super::targets::{targets, Target};
+use super::ReplTiming;
+use crate::cluster::{Role, SharedView};
+use crate::engine::{Content, Engine, EngineError, HookFuture, ReplicateHook};
+
+/// Idle connections kept per slave.
+const POOL_PER_PEER: usize = 32;
+
+pub struct Replicator {
+    me: Weak<Replicator>,
+    id: ServerId,
+    group: String,
+    view: SharedView,
+    leaders: LeaderClient,
+    timing: ReplTiming,
+    epoch: Arc<EpochFile>,
+    /// The epoch whose start the leaders recorded with this server as
+    /// master: writes are taken only in it.
+    ready_epoch: AtomicU64,
+    /// ONLINE slaves being activated: every write waits for them.
+    activating: Mutex<HashSet<ServerId>>,
+    pool: Mutex<HashMap<String, Vec<PeerConn>>>,
+    /// One copier from the master at a time (catch-up or gap filling).
+    pull: tokio::sync::Mutex<()>,
+    dedup: Arc<Dedup>,
+}
+
+fn unavailable(msg: impl Into<String>) -> EngineError {
+    EngineError::Unavailable(msg.into())
+}
+
+impl Replicator {
+    pub fn new(
+        id: ServerId,
+        group: String,
+        view: SharedView,
+        leaders: LeaderClient,
+        timing: ReplTiming,
+        epoch: Arc<EpochFile>,
+        dedup: Arc<Dedup>,
+    ) -> Arc<Replicator> {
+        Arc::new_cyclic(|me| Replicator {
+            me: me.clone(),
+            id,
+            group,
+            view,
+            leaders,
+            timing,
+            epoch,
+            ready_epoch: AtomicU64::new(0),
+            activating: Mutex::new(HashSet::new()),
+            pool: Mutex::new(HashMap::new()),
+            pull: tokio::sync::Mutex::new(()),
+            dedup,
+        })
+    }
+
+    pub fn epoch_file(&self) -> &Arc<EpochFile> {
+        &self.epoch
+    }
+
+    pub fn pull_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.pull
+    }
+
+    pub fn leaders(&self) -> &LeaderClient {
+        &self.leaders
+    }
+
+    pub fn timing(&self) -> ReplTiming {
+        self.timing
+    }
+
+    /// May this server, as master at `epoch`, take writes?
+    pub fn writable(&self, epoch: u64) -> Result<(), WireError> {
+        if self.ready_epoch.load(Ordering::Acquire) == epoch {
+            Ok(())
+        } else {
+            Err(WireError::new(
+                ErrorCode::Unavailable,
+                format!("master of epoch {epoch} is still starting; retry"),
+            ))
+        }
+    }
+
+    /// As the new master of `epoch`: wait for the changes in flight to
+    /// settle, record the epoch locally, and have the leaders record the
+    /// version it starts after. Writes are refused until this succeeds.
+    pub async fn start_epoch(&self, engine: &Engine, epoch: u64) -> Result<(), String> {
+        if self.ready_epoch.load(Ordering::Acquire) == epoch {
+            return Ok(());
+        }
+        let last = engine.next_version() - 1;
+        if !engine.wait_durable(last, Duration::from_secs(5)).await {
+            return Err(format!("versions up to {last} did not become durable"));
+        }
+        self.epoch
+            .observe(epoch)
+            .map_err(|e| format!("recording epoch {epoch}: {e}"))?;
+        self.leaders
+            .epoch_started(&self.group, self.id, epoch, last)
+            .await
+            .map_err(|e| format!("reporting the start of epoch {epoch}: {e}"))?;
+        self.ready_epoch.store(epoch, Ordering::Release);
+        info!(
+            epoch,
+            after_version = last,
+            "master: epoch started, taking writes"
+        );
+        Ok(())
+    }
+
+    fn take_conn(&self, addr: &str) -> Option<PeerConn> {
+        self.pool.lock().get_mut(addr).and_then(Vec::pop)
+    }
+
+    fn put_conn(&self, conn: PeerConn) {
+        let mut p = self.pool.lock();
+        let v = p.entry(conn.addr().to_string()).or_default();
+        if v.len() < POOL_PER_PEER {
+            v.push(conn);
+        }
+    }
+
+    /// Send one change to one slave and wait for it to be durable there.
+    async fn send(
+        &self,
+        t: &Target,
+        epoch: u64,
+        rec: &ReplRecord,
+        bytes: &Bytes,
+    ) -> Result<(), String> {
+        let once = async {
+            let mut conn = match self.take_conn(&t.addr) {
+                Some(c) => c,
+                None => PeerConn::connect(&t.addr, self.timing.deadline, self.timing.deadline)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            };
+            let res = conn
+                .call(
+                    Request::Replicate(rec.clone()),
+                    epoch,
+                    (rec.client_id, rec.seq),
+                    PeerBody::Slice(bytes),
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            self.put_conn(conn);
+            match res {
+                Ok(Reply::Replicated { .. }) => Ok(()),
+                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match tokio::time::timeout(self.timing.deadline, once).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {:?}", self.timing.deadline)),
+        }
+    }
+
+    /// Have the leaders drop `slave`; `Ok` once it is no longer ACTIVE.
+    async fn drop_slave(&self, slave: ServerId, epoch: u64) -> Result<(), String> {
+        match self
+            .leaders
+            .slave_failed(&self.group, self.id, slave, epoch)
+            .await
+        {
+            Ok(s) => {
+                warn!(slave, status = %s.status, "slave dropped from the write set");
+                Ok(())
+            }
+            // Already not ACTIVE/ONLINE (the transition was refused): fine
+            // if the map agrees.
+            Err(LeaderClientError::Refused(e)) => {
+                let status = self.leaders.get_map(true).await.ok().and_then(|m| {
+                    m.server(slave)
+                        .filter(|_| m.group(&self.group).is_some_and(|g| g.epoch == epoch))
+                        .map(|s| s.status)
+                });
+                match status {
+                    Some(s) if s != ServerStatus::Active => Ok(()),
+                    _ => Err(format!("the leaders refused to drop slave {slave}: {e}")),
+                }
+            }
+            Err(e) => Err(format!(
+                "could not reach the leaders to drop slave {slave}: {e}"
+            )),
+        }
+    }
+
+    async fn replicate_inner(
+        &self,
+        rec: ReplRecord,
+        content: Option<Content>,
+    ) -> Result<(), EngineError> {
+        let (epoch, targets) = {
+            let mut act = self.activating.lock();
+            let me = self.id;
+            let group = self.group.clone();
+            self.view.with(|v| {
+                let Role::Master { epoch, .. } = *v.role() else {
+                    return None;
+                };
+                let map = v.map.as_ref()?;
+                // Forget activations that ended (ACTIVE now, or dropped).
+                act.retain(|id| {
+                    map.server(*id)
+                        .is_some_and(|s| s.status == ServerStatus::Online)
+                });
+                Some((epoch, targets(map, &group, me, &act)))
+            })
+        }
+        .ok_or_else(|| {
+            unavailable(
+                "this server stopped being the master during the write; it may have been applied",
+            )
+        })?;
+        if targets.is_empty() {
+            return self.check_lease();
+        }
+        let bytes = match &content {
+            Some(c) => read_all(c).await?,
+            None => Bytes::new(),
+        };
+        let mut waits = Vec::new();
+        for t in targets {
+            if t.wait {
+                waits.push(t);
+            } else if let Some(me) = self.me.upgrade() {
+                // ONLINE: sent in the background; a failure drops it.
+                let (rec, bytes) = (rec.clone(), bytes.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = me.send(&t, epoch, &rec, &bytes).await {
+                        debug!(slave = t.id, error = %e, "online slave missed a change");
+                        if let Err(e) = me.drop_slave(t.id, epoch).await {
+                            debug!(slave = t.id, error = %e, "dropping an online slave failed");
+                        }
+                    }
+                });
+            }
+        }
+        let sends = waits.iter().map(|t| self.send(t, epoch, &rec, &bytes));
+        let results = futures::future::join_all(sends).await;
+        for (t, r) in waits.iter().zip(results) {
+            if let Err(e) = r {
+                warn!(slave = t.id, version = rec.version, error = %e, "slave missed its deadline");
+                if let Err(e) = self.drop_slave(t.id, epoch).await {
+                    // Applied here, maybe not on that slave, which may still
+                    // become master: a retry must not apply it again here.
+                    if rec.client_id != 0 && rec.seq != 0 {
+                        self.dedup.mark_unknown(rec.client_id, rec.seq, e.clone());
+                    }
+                    return Err(unavailable(format!(
+                        "{e}; the change may have been applied"
+                    )));
+                }
+            }
+        }
+        let lease = self.check_lease();
+        if lease.is_err() && rec.client_id != 0 && rec.seq != 0 {
+            // Every slave in the write set has it: a retry gets this answer.
+            self.dedup
+                .record(rec.client_id, rec.seq, slave::client_reply(&rec));
+        }
+        lease
+    }
+
+    /// A change is acknowledged only while the lease holds.
+    fn check_lease(&self) -> Result<(), EngineError> {
+        if self.view.with(|v| v.holds_lease(Instant::now())) {
+            Ok(())
+        } else {
+            Err(unavailable(
+                "the master lease ran out before the change was acknowledged; it may have been applied",
+            ))
+        }
+    }
+
+    /// An ONLINE slave asks to become ACTIVE: from now on every write waits
+    /// for it; a barrier makes sure it has every earlier version; then the
+    /// leaders make it ACTIVE.
+    pub async fn activate(&self, engine: &Engine, slave: ServerId) -> Result<Reply, WireError> {
+        let (epoch, status) = self
+            .view
+            .with(|v| {
+                let Role::Master { epoch, .. } = *v.role() else {
+                    return None;
+                };
+                let st = v.map.as_ref()?.server(slave).map(|s| s.status);
+                Some((epoch, st))
+            })
+            .ok_or_else(|| WireError::new(ErrorCode::NotMaster, "not the master"))?;
+        self.writable(epoch)?;
+        if status != Some(ServerStatus::Online) {
+            return Err(WireError::new(
+                ErrorCode::Unavailable,
+                format!("server {slave} is {status:?} in this master's map, not ONLINE"),
+            ));
+        }
+        self.activating.lock().insert(slave);
+        let barrier = engine.barrier().await;
+        let v = match barrier {
+            Ok(v) => v,
+            Err(e) => {
+                self.activating.lock().remove(&slave);
+                return Err(WireError::new(e.code(), e.to_string()));
+            }
+        };
+        match self
+            .leaders
+            .activate(&self.group, self.id, slave, epoch, v)
+            .await
+        {
+            Ok((_, map_version)) => {
+                info!(slave, data_version = v, "slave activated");
+                Ok(Reply::Activated { map_version })
+            }
+            Err(e) => {
+                self.activating.lock().remove(&slave);
+                Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    format!("the leaders did not activate {slave}: {e}"),
+                ))
+            }
+        }
+    }
+}
+
+async fn read_all(c: &Content) -> Result<Bytes, EngineError> {
+    let mut out = BytesMut::with_capacity(c.len() as usize);
+    let mut at = 0;
+    while at < c.len() {
+        let b = c.read(at, proto::frame::STREAM_CHUNK).await?;
+        if b.is_empty() {
+            return Err(EngineError::Corrupt("content shorter than recorded".into()));
+        }
+        at += b.len() as u64;
+        out.extend_from_slice(&b);
+    }
+    Ok(out.freeze())
+}
+
+impl ReplicateHook for Replicator {
+    fn replicate(&self, rec: ReplRecord, content: Option<Content>) -> HookFuture<'_> {
+        Box::pin(self.replicate_inner(rec, content))
+    }
+}

@@ -1,0 +1,43 @@
+//! Synchronous replication within a group (the dataserver side).
+//!
+//! * [`master`]: the [`Replicator`], installed as the engine's replicate
+//!   hook on every clustered server. On the master it sends each durable
+//!   local change to the slaves, waits for every ACTIVE one (and every
+//!   ONLINE one being activated), has the leaders drop a slave that misses
+//!   its deadline, and refuses to acknowledge once the lease has run out.
+//!   It also answers an ONLINE slave's request to become ACTIVE.
+//! * [`slave`]: applying a replicated change in data-version order.
+//! * [`catchup`]: a WAIT_SYNC / SYNCING / RECOVERING / ONLINE server copies
+//!   what it misses from the master and climbs to ACTIVE.
+//! * [`targets`]: who a change goes to, from the cluster map (pure).
+
+pub mod catchup;
+pub mod dedup;
+pub mod epoch;
+pub mod master;
+pub mod pull;
+pub mod slave;
+pub mod targets;
+pub mod wipe;
+
+use std::time::Duration;
+
+pub use master::Replicator;
+
+/// Replication timing.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplTiming {
+    /// A slave that has not made a change durable within this is reported.
+    pub deadline: Duration,
+    /// How long a slave waits for the versions before one that arrived.
+    pub gap_wait: Duration,
+}
+
+impl Default for ReplTiming {
+    fn default() -> Self {
+        ReplTiming {
+            deadline: Duration::from_millis(2000),
+            gap_wait: Duration::from_millis(1500),
+        }
+    }
+}

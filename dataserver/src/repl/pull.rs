@@ -1,0 +1,238 @@
+//! Copying versions from the master (catch-up and gap filling).
+//!
+//! List the master's binlog from the next version here (`ReplLog`); for
+//! each record apply, at the master's version, a no-op (a void record; a
+//! file this server already has at that version or newer; a file a later
+//! record of the same batch changes again), a delete, or the file's
+//! current state and content fetched from the master (`ReplFetch`,
+//! installed whole) — so versions stay consecutive and equal to the
+//! master's, and the end state matches. Fetches run [`PARALLEL`] at a time
+//! and applies are pipelined (each takes its version in order, then waits
+//! for durability with the others).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use client::peer::{PeerBody, PeerConn};
+use futures::stream::{self, StreamExt};
+use parking_lot::Mutex;
+use proto::{FileId, LogRef, ReplOp, ReplRecord, Reply, Request};
+use tracing::{debug, info};
+
+use super::Replicator;
+use crate::engine::{Body, Engine, EngineError};
+
+/// How many binlog records one `ReplLog` asks for.
+const LOG_BATCH: u32 = 1024;
+/// Fetches (and applies) in flight.
+const PARALLEL: usize = 16;
+/// How long a copied version may wait for the ones before it.
+const TURN_WAIT: Duration = Duration::from_secs(30);
+
+/// A body from memory.
+pub struct BytesBody(pub Option<Bytes>);
+
+impl Body for BytesBody {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, EngineError> {
+        Ok(self.0.take().filter(|b| !b.is_empty()))
+    }
+}
+
+pub struct Puller<'a> {
+    engine: &'a Engine,
+    repl: &'a Replicator,
+    master: &'a str,
+    epoch: u64,
+    conns: Mutex<Vec<PeerConn>>,
+}
+
+impl<'a> Puller<'a> {
+    pub fn new(engine: &'a Engine, repl: &'a Replicator, master: &'a str, epoch: u64) -> Self {
+        Puller {
+            engine,
+            repl,
+            master,
+            epoch,
+            conns: Mutex::new(Vec::new()),
+        }
+    }
+
+    async fn conn(&self) -> Result<PeerConn, String> {
+        if let Some(c) = self.conns.lock().pop() {
+            return Ok(c);
+        }
+        PeerConn::connect(self.master, Duration::from_secs(2), Duration::from_secs(30))
+            .await
+            .map_err(|e| format!("connecting to the master at {}: {e}", self.master))
+    }
+
+    async fn call(
+        &self,
+        op: Request,
+        data: Option<&mut Vec<u8>>,
+    ) -> Result<Result<Reply, proto::WireError>, String> {
+        let mut c = self.conn().await?;
+        let r = c
+            .call(op, self.epoch, (0, 0), PeerBody::None, data)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.conns.lock().push(c);
+        Ok(r)
+    }
+
+    /// Copy until this server has what the master could list (a short
+    /// batch: everything settled there at that moment); returns this
+    /// server's data version then. Writes still in flight on the master
+    /// come live (ONLINE) or by a later pull.
+    pub async fn run(&self) -> Result<u64, String> {
+        let mut copied = 0u64;
+        loop {
+            let from = self.engine.next_version();
+            let listed = self
+                .call(
+                    Request::ReplLog {
+                        from,
+                        max: LOG_BATCH,
+                    },
+                    None,
+                )
+                .await?;
+            let records = match listed {
+                Ok(Reply::ReplLog { records, .. }) => records,
+                Ok(other) => return Err(format!("unexpected answer to ReplLog: {other:?}")),
+                Err(e) => return Err(format!("ReplLog refused: {e}")),
+            };
+            if records.is_empty() {
+                if copied > 0 {
+                    info!(copied, data_version = from - 1, "copied from the master");
+                }
+                return Ok(self.engine.next_version() - 1);
+            }
+            debug!(from, n = records.len(), "copying versions from the master");
+            // A file changed again later in the batch is copied only then.
+            let mut last: HashMap<&str, u64> = HashMap::new();
+            for r in &records {
+                if !r.file_id.is_empty() {
+                    last.insert(&r.file_id, r.version);
+                }
+            }
+            let superseded: Vec<bool> = records
+                .iter()
+                .map(|r| !r.delete && last.get(r.file_id.as_str()).is_some_and(|v| *v > r.version))
+                .collect();
+            let work: Vec<_> = records
+                .iter()
+                .zip(superseded)
+                .map(|(r, sup)| self.one(r, sup))
+                .collect();
+            let short = records.len() < LOG_BATCH as usize;
+            let mut done = stream::iter(work).buffered(PARALLEL);
+            while let Some(applied) = done.next().await {
+                copied += u64::from(applied?);
+            }
+            drop(done);
+            if short {
+                info!(
+                    copied,
+                    data_version = self.engine.next_version() - 1,
+                    "copied from the master"
+                );
+                return Ok(self.engine.next_version() - 1);
+            }
+        }
+    }
+
+    /// Apply the master's version `r.version` here; false if it already was.
+    async fn one(&self, r: &LogRef, superseded: bool) -> Result<bool, String> {
+        if r.version < self.engine.next_version() {
+            return Ok(false);
+        }
+        let (rec, data) = if superseded {
+            (noop(r.version), Bytes::new())
+        } else {
+            self.record_for(r).await?
+        };
+        if !self.engine.wait_turn(r.version, TURN_WAIT).await {
+            if self.engine.next_version() > r.version {
+                return Ok(false);
+            }
+            return Err(format!(
+                "version {} could not be applied in turn",
+                r.version
+            ));
+        }
+        self.repl
+            .epoch_file()
+            .observe(self.epoch)
+            .map_err(|e| format!("recording epoch {}: {e}", self.epoch))?;
+        match self
+            .engine
+            .apply_replicated(&rec, &mut BytesBody(Some(data)))
+            .await
+        {
+            Ok(_) => Ok(true),
+            // A live write took the version first.
+            Err(EngineError::Diverged(_)) if self.engine.next_version() > r.version => Ok(false),
+            Err(e) => Err(format!("applying version {}: {e}", r.version)),
+        }
+    }
+
+    /// The change to apply at one of the master's versions.
+    async fn record_for(&self, r: &LogRef) -> Result<(ReplRecord, Bytes), String> {
+        let mut rec = noop(r.version);
+        if r.file_id.is_empty() {
+            return Ok((rec, Bytes::new()));
+        }
+        if r.delete {
+            rec.file_id = r.file_id.clone();
+            rec.op = ReplOp::Delete;
+            return Ok((rec, Bytes::new()));
+        }
+        let id = FileId::parse(&r.file_id).map_err(|e| format!("{}: {e}", r.file_id))?;
+        if let Ok(st) = self.engine.stat(&id).await {
+            if st.version >= r.version {
+                return Ok((rec, Bytes::new()));
+            }
+        }
+        let mut data = Vec::new();
+        let res = self
+            .call(
+                Request::ReplFetch {
+                    file_id: r.file_id.clone(),
+                },
+                Some(&mut data),
+            )
+            .await?;
+        match res {
+            Ok(Reply::ReplFile { state: None, .. }) => Ok((rec, Bytes::new())),
+            Ok(Reply::ReplFile {
+                file_version,
+                state: Some(st),
+            }) => {
+                rec.file_id = r.file_id.clone();
+                rec.op = ReplOp::Install;
+                rec.file_version = file_version;
+                rec.body_len = st.size;
+                rec.state = Some(st);
+                Ok((rec, Bytes::from(data)))
+            }
+            Ok(other) => Err(format!("unexpected answer to ReplFetch: {other:?}")),
+            Err(e) => Err(format!("ReplFetch {} refused: {e}", r.file_id)),
+        }
+    }
+}
+
+fn noop(version: u64) -> ReplRecord {
+    ReplRecord {
+        version,
+        file_id: String::new(),
+        op: ReplOp::Noop,
+        prev_version: 0,
+        file_version: version,
+        state: None,
+        body_len: 0,
+        client_id: 0,
+        seq: 0,
+    }
+}

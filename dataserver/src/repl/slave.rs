@@ -1,0 +1,144 @@
+//! Applying a change the master replicated, in data-version order.
+
+use proto::{ErrorCode, FileStat, ReplOp, ReplRecord, Reply, WireError};
+
+use std::time::Duration;
+
+use tracing::debug;
+
+use super::pull::Puller;
+use super::Replicator;
+use crate::cluster::{Role, SharedView};
+
+/// How long a change waits for earlier versions before copying them.
+const GAP_PATIENCE: Duration = Duration::from_millis(200);
+use crate::engine::{Body, Engine, EngineError};
+
+fn wire(e: EngineError) -> WireError {
+    WireError::new(e.code(), e.to_string())
+}
+
+/// Check a replicated change's epoch against this server's view: only the
+/// current master's changes are taken.
+pub fn admit(view: &SharedView, epoch: u64) -> Result<(), WireError> {
+    match view.role() {
+        Role::Slave { epoch: ours, .. } => {
+            if epoch < ours {
+                Err(WireError::new(
+                    ErrorCode::StaleEpoch,
+                    format!("stale epoch {epoch}, current {ours}"),
+                ))
+            } else if epoch > ours {
+                Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    format!("epoch {epoch} is newer than this server's map ({ours})"),
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        Role::Master { epoch: ours, .. } => Err(WireError::new(
+            if epoch < ours {
+                ErrorCode::StaleEpoch
+            } else {
+                ErrorCode::Unavailable
+            },
+            format!("this server is the master at epoch {ours}"),
+        )),
+        other => Err(WireError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "this server is {} and takes no replicated changes",
+                other.name()
+            ),
+        )),
+    }
+}
+
+/// The answer the master gave the client for the change `rec`.
+pub fn client_reply(rec: &ReplRecord) -> Reply {
+    match (&rec.op, &rec.state) {
+        (ReplOp::Delete, _) | (_, None) => Reply::Deleted {
+            version: rec.version,
+        },
+        (_, Some(st)) => Reply::Stat(FileStat {
+            file_id: rec.file_id.clone(),
+            size: st.size,
+            crc32: st.crc32,
+            create_time_us: st.create_time_us,
+            modify_time_us: st.modify_time_us,
+            version: rec.file_version,
+            appender: st.appender,
+        }),
+    }
+}
+
+/// Apply `rec` (its bytes come from `body`) once every earlier version is
+/// here; answer when it is durable.
+pub async fn apply(
+    engine: &Engine,
+    repl: &Replicator,
+    view: &SharedView,
+    epoch: u64,
+    rec: &ReplRecord,
+    body: &mut impl Body,
+) -> Result<Reply, WireError> {
+    let timing = repl.timing();
+    let epochs = repl.epoch_file();
+    let next = engine.next_version();
+    if rec.version < next {
+        // Already here (copied by catch-up from the same master).
+        if engine.wait_durable(rec.version, timing.deadline).await {
+            return Ok(Reply::Replicated {
+                data_version: engine.data_version(),
+            });
+        }
+        return Err(WireError::new(
+            ErrorCode::Timeout,
+            format!("version {} is not durable yet", rec.version),
+        ));
+    }
+    if !engine.wait_turn(rec.version, GAP_PATIENCE).await {
+        // Versions this server was not sent (assigned while it turned
+        // ONLINE): copy them from the master, one copier at a time.
+        if let Ok(_one) = repl.pull_lock().try_lock() {
+            if let Role::Slave {
+                master: Some(m), ..
+            } = view.role()
+            {
+                if let Err(e) = Puller::new(engine, repl, &m.addr, epoch).run().await {
+                    debug!(error = %e, "filling a gap from the master failed");
+                }
+            }
+        }
+    }
+    if !engine.wait_turn(rec.version, timing.gap_wait).await {
+        return Err(WireError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "versions before {} did not arrive (next here is {})",
+                rec.version,
+                engine.next_version()
+            ),
+        ));
+    }
+    epochs
+        .observe(epoch)
+        .map_err(|e| WireError::new(ErrorCode::Io, format!("recording epoch {epoch}: {e}")))?;
+    match engine.apply_replicated(rec, body).await {
+        Ok(_) => {}
+        // Copied meanwhile by the gap filler.
+        Err(EngineError::Diverged(_)) if engine.next_version() > rec.version => {
+            if !engine.wait_durable(rec.version, timing.deadline).await {
+                return Err(WireError::new(
+                    ErrorCode::Timeout,
+                    format!("version {} is not durable yet", rec.version),
+                ));
+            }
+        }
+        Err(e) => return Err(wire(e)),
+    }
+    Ok(Reply::Replicated {
+        data_version: engine.data_version(),
+    })
+}

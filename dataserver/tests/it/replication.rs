@@ -1,0 +1,425 @@
+//! Synchronous replication under faults, with real processes: 3 leaders
+//! and a group of 3 dataservers (`testkit::Cluster`), writers through the
+//! SDK in cluster mode, SIGKILL of the master or a slave, and `chorus
+//! verify` at the end. Every acknowledged write must be readable afterwards.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use client::{Client, ClientConfig, UploadOptions};
+use parking_lot::Mutex;
+use proto::cluster::{ClusterMap, ServerId, ServerStatus};
+use testkit::{Cluster, ClusterOpts};
+
+/// Fast failure detection: OFFLINE after 1 s of silence, 1.5 s leases.
+const LEADER_ARGS: &[&str] = &["--server-timeout-ms", "1000", "--master-lease-ms", "1500"];
+
+fn cluster(n: usize) -> Cluster {
+    Cluster::start(ClusterOpts {
+        leaders: 3,
+        leader_args: LEADER_ARGS,
+        dataservers: n,
+        dataserver_args: &["--heartbeat-ms", "300"],
+    })
+}
+
+fn status(m: &ClusterMap, id: ServerId) -> Option<ServerStatus> {
+    m.server(id).map(|s| s.status)
+}
+
+fn all_active(m: &ClusterMap, n: u64) -> bool {
+    (1..=n).all(|id| status(m, id) == Some(ServerStatus::Active))
+        && m.group("group1").is_some_and(|g| g.master.is_some())
+}
+
+fn master(m: &ClusterMap) -> Option<ServerId> {
+    m.group("group1").and_then(|g| g.master)
+}
+
+/// What the writers got acknowledged.
+#[derive(Default)]
+struct Acked {
+    /// Uploaded file → its content.
+    files: HashMap<String, Vec<u8>>,
+    /// Appender file → acknowledged appends in order, and the bytes of an
+    /// append whose outcome is unknown (the file gets no more appends).
+    appends: HashMap<String, (Vec<u8>, Option<Vec<u8>>)>,
+    /// When each acknowledged write completed.
+    times: Vec<Instant>,
+    errors: u64,
+}
+
+fn piece(seed: u64, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 * 7) % 251) as u8)
+        .collect()
+}
+
+/// One writer: uploads of 1-40 KB and appends to its own appender file.
+async fn writer(c: Arc<Client>, w: u64, acked: Arc<Mutex<Acked>>, stop: Arc<AtomicBool>) {
+    let mut n = 0u64;
+    let mut app: Option<String> = None;
+    loop {
+        n += 1;
+        let seed = w * 1_000_000 + n;
+        let fut = async {
+            if n.is_multiple_of(3) {
+                let id = match &app {
+                    Some(id) => id.clone(),
+                    None => {
+                        let opts = UploadOptions {
+                            appender: true,
+                            ..Default::default()
+                        };
+                        match c.upload(b"", opts).await {
+                            Ok(s) => {
+                                acked
+                                    .lock()
+                                    .appends
+                                    .insert(s.file_id.clone(), (Vec::new(), None));
+                                app = Some(s.file_id.clone());
+                                s.file_id
+                            }
+                            Err(_) => {
+                                acked.lock().errors += 1;
+                                return;
+                            }
+                        }
+                    }
+                };
+                let data = piece(seed, 100 + (seed % 900) as usize);
+                let res = c.append(&id, &data, None).await;
+                let mut a = acked.lock();
+                let entry = a.appends.entry(id.clone()).or_default();
+                match res {
+                    Ok(_) => {
+                        entry.0.extend_from_slice(&data);
+                        a.times.push(Instant::now());
+                    }
+                    Err(_) => {
+                        entry.1 = Some(data);
+                        a.errors += 1;
+                        app = None;
+                    }
+                }
+            } else {
+                let data = piece(seed, 1000 + (seed % 40_000) as usize);
+                match c.upload(&data, UploadOptions::default()).await {
+                    Ok(s) => {
+                        let mut a = acked.lock();
+                        a.files.insert(s.file_id, data);
+                        a.times.push(Instant::now());
+                    }
+                    Err(_) => acked.lock().errors += 1,
+                }
+            }
+        };
+        // Never cancel a write in flight: its outcome would be unknown.
+        fut.await;
+        if stop.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+    }
+}
+
+/// Every acknowledged write is there, byte-exact.
+async fn check_acked(c: &Client, acked: &Acked) {
+    for (id, data) in &acked.files {
+        let got = c.download(id).await.unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert!(got == *data, "{id}: content differs");
+    }
+    for (id, (ok, unknown)) in &acked.appends {
+        let got = c.download(id).await.unwrap_or_else(|e| panic!("{id}: {e}"));
+        let mut with = ok.clone();
+        if let Some(u) = unknown {
+            with.extend_from_slice(u);
+        }
+        if !(got == *ok || got == with) {
+            let at = got.iter().zip(ok.iter()).position(|(a, b)| a != b);
+            panic!(
+                "{id}: {} bytes, acknowledged {} (+{} unknown); first difference at {at:?}; bytes there: {:?}",
+                got.len(),
+                ok.len(),
+                unknown.as_ref().map_or(0, Vec::len),
+                at.map(|a| &got[a..(a + 16).min(got.len())]),
+            );
+        }
+    }
+}
+
+fn verify(c: &Cluster) -> (i32, String) {
+    let out = std::process::Command::new(testkit::bin("chorus"))
+        .args([
+            "--leaders",
+            &c.leaders.addrs().join(","),
+            "verify",
+            "group1",
+        ])
+        .output()
+        .expect("run chorus verify");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `chorus verify` passes (retrying while the last changes settle).
+fn verify_passes(c: &Cluster) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, out) = verify(c);
+        if code == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "verify exit {code}:\n{out}\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+async fn sdk(c: &Cluster) -> Arc<Client> {
+    let cfg = ClientConfig::default()
+        .cluster_wait(Duration::from_secs(10))
+        .request_timeout(Duration::from_secs(10));
+    Arc::new(
+        Client::connect_with(c.leaders.addrs(), cfg)
+            .await
+            .expect("connect the SDK"),
+    )
+}
+
+fn start_writers(
+    c: &Arc<Client>,
+    n: u64,
+    acked: &Arc<Mutex<Acked>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|w| tokio::spawn(writer(c.clone(), w, acked.clone(), stop.clone())))
+        .collect()
+}
+
+async fn stop_writers(stop: &Arc<AtomicBool>, tasks: Vec<tokio::task::JoinHandle<()>>) {
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    for t in tasks {
+        // A writer ends after the request in hand.
+        tokio::time::timeout(Duration::from_secs(60), t)
+            .await
+            .expect("a writer did not stop")
+            .expect("a writer panicked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_master_loses_no_acknowledged_write() {
+    let mut c = cluster(3);
+    let lc = c.leader_client();
+    c.wait_map(&lc, Duration::from_secs(20), "three ACTIVE members", |m| {
+        all_active(m, 3)
+    })
+    .await;
+    let client = sdk(&c).await;
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = start_writers(&client, 8, &acked, &stop);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let map = c
+        .wait_map(&lc, Duration::from_secs(5), "a map", |_| true)
+        .await;
+    let old = master(&map).expect("a master");
+    let before = acked.lock().times.len();
+    assert!(before > 10, "writers made no progress before the kill");
+    c.dataservers[(old - 1) as usize].kill();
+    let killed_at = Instant::now();
+    let map = c
+        .wait_map(&lc, Duration::from_secs(15), "a new master", |m| {
+            master(m).is_some_and(|m| m != old)
+        })
+        .await;
+    let new = master(&map).expect("a new master");
+    // Writes are served again: the first write acknowledged after the kill.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let served_again = loop {
+        if let Some(t) = acked.lock().times.iter().find(|t| **t > killed_at) {
+            break *t - killed_at;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no write served after the kill\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!("failover: master {old} killed, {new} took over; writes served again after {served_again:?}");
+    assert!(
+        served_again < Duration::from_secs(5),
+        "writes served again only after {served_again:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The old master comes back, repairs (re-copies) and rejoins as ACTIVE
+    // while the writers go on.
+    c.dataservers[(old - 1) as usize].restart();
+    c.wait_map(
+        &lc,
+        Duration::from_secs(60),
+        "the old master ACTIVE again",
+        |m| all_active(m, 3),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_writers(&stop, tasks).await;
+
+    let acked = std::mem::take(&mut *acked.lock());
+    println!(
+        "{} uploads and {} appender files acknowledged, {} errors",
+        acked.files.len(),
+        acked.appends.len(),
+        acked.errors
+    );
+    check_acked(&client, &acked).await;
+    let c = tokio::task::spawn_blocking(move || {
+        verify_passes(&c);
+        c
+    })
+    .await
+    .unwrap();
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_slave_recovers_to_active_while_writes_go_on() {
+    let mut c = cluster(3);
+    let lc = c.leader_client();
+    let map = c
+        .wait_map(&lc, Duration::from_secs(20), "three ACTIVE members", |m| {
+            all_active(m, 3)
+        })
+        .await;
+    let m = master(&map).expect("a master");
+    let slave = (1..=3).find(|id| *id != m).expect("a slave");
+    let client = sdk(&c).await;
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = start_writers(&client, 6, &acked, &stop);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    c.dataservers[(slave - 1) as usize].kill();
+    c.wait_map(&lc, Duration::from_secs(10), "the slave OFFLINE", |m| {
+        status(m, slave) == Some(ServerStatus::Offline)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.dataservers[(slave - 1) as usize].restart();
+
+    // Watch the statuses it passes through on the way back.
+    let mut seen = vec![ServerStatus::Offline];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(m) = lc.get_map(false).await {
+            if let Some(s) = status(&m, slave) {
+                if seen.last() != Some(&s) {
+                    seen.push(s);
+                }
+                if s == ServerStatus::Active {
+                    break;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slave {slave} did not get back to ACTIVE: {seen:?}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("slave {slave} went {seen:?}");
+    assert!(seen.contains(&ServerStatus::Recovering), "{seen:?}");
+    let before = acked.lock().times.len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(acked.lock().times.len() > before, "writes stopped");
+    stop_writers(&stop, tasks).await;
+
+    let acked = std::mem::take(&mut *acked.lock());
+    check_acked(&client, &acked).await;
+    let c = tokio::task::spawn_blocking(move || {
+        verify_passes(&c);
+        c
+    })
+    .await
+    .unwrap();
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fresh_member_copies_everything_and_becomes_active() {
+    let mut c = cluster(1);
+    let lc = c.leader_client();
+    c.wait_map(&lc, Duration::from_secs(20), "one ACTIVE member", |m| {
+        all_active(m, 1)
+    })
+    .await;
+    let client = sdk(&c).await;
+    let mut files = HashMap::new();
+    for i in 0..40u64 {
+        let data = piece(i, 500 + (i as usize * 997) % 30_000);
+        let s = client
+            .upload(&data, UploadOptions::default())
+            .await
+            .unwrap();
+        files.insert(s.file_id, data);
+    }
+    // A few changes on top: deletes and an appender with appends.
+    let ids: Vec<String> = files.keys().take(5).cloned().collect();
+    for id in &ids {
+        client.delete(id, None).await.unwrap();
+        files.remove(id);
+    }
+    c.add_dataserver();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(m) = lc.get_map(false).await {
+            if let Some(s) = status(&m, 2) {
+                if seen.last() != Some(&s) {
+                    seen.push(s);
+                }
+                if s == ServerStatus::Active {
+                    break;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "{seen:?}\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!("new member went {seen:?}");
+    // WAIT_SYNC may pass between two polls.
+    assert!(
+        matches!(
+            seen.first(),
+            Some(ServerStatus::WaitSync | ServerStatus::Syncing)
+        ),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&ServerStatus::Active), "{seen:?}");
+    for (id, data) in &files {
+        assert!(client.download(id).await.unwrap() == *data, "{id}");
+    }
+    let c = tokio::task::spawn_blocking(move || {
+        verify_passes(&c);
+        c
+    })
+    .await
+    .unwrap();
+    drop(c);
+}
