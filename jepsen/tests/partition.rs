@@ -19,6 +19,9 @@ use proto::cluster::{ClusterMap, ServerStatus};
 
 const LEASE_MS: u64 = 1500;
 
+/// Acknowledged uploads: (wall-clock ms of the answer, file id, content).
+type Acks = Arc<Mutex<Vec<(u64, String, Vec<u8>)>>>;
+
 fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -96,7 +99,7 @@ async fn run(hosts: Arc<Hosts>) {
         .await
         .unwrap(),
     );
-    let acks: Arc<Mutex<Vec<(u64, String, Vec<u8>)>>> = Arc::default();
+    let acks: Acks = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     for w in 0..4u64 {
