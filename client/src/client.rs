@@ -144,7 +144,12 @@ impl Client {
             connect: cfg.connect_timeout.min(Duration::from_secs(1)),
             ..ClientTimeouts::default()
         };
-        let router = ClusterRouter::start(leaders.clone(), timeouts, cfg.upload_group_rule);
+        let router = ClusterRouter::start(
+            leaders.clone(),
+            timeouts,
+            cfg.upload_group_rule,
+            cfg.read_rule,
+        );
         let wait = cfg.connect_timeout.max(cfg.cluster_wait);
         if !router.wait_first(wait).await {
             return Err(ClientError::Timeout {

@@ -34,6 +34,23 @@ pub enum UploadGroupRule {
     MostFreeSpace,
 }
 
+/// Where reads (download, stat, metadata, exists) go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadRule {
+    /// The group's master (the default): linearizable — a read sees every
+    /// write acknowledged before it began, and nothing that is later lost.
+    #[default]
+    Master,
+    /// Any ACTIVE member, in turn (spreads the read load). Every ACTIVE
+    /// member has every acknowledged write, so a read still sees every
+    /// write acknowledged before it began; but it may also see a write
+    /// that is not acknowledged yet (and that a failover may then lose),
+    /// and a member the master has just dropped from the write set keeps
+    /// answering until the map change reaches it (milliseconds), so reads
+    /// can be briefly stale. Not linearizable.
+    Any,
+}
+
 /// Whether `s` is a usable master: ACTIVE.
 fn usable(s: &ServerInfo) -> bool {
     s.status == ServerStatus::Active
@@ -88,6 +105,7 @@ pub(crate) fn route_in(
     map: &ClusterMap,
     target: Target<'_>,
     rule: UploadGroupRule,
+    reads: ReadRule,
     turn: usize,
 ) -> Result<Route> {
     let no_route = |code, message: String| ClientError::NoRoute { code, message };
@@ -141,6 +159,32 @@ pub(crate) fn route_in(
                 ),
             )),
         },
+        Target::Read(id) if reads == ReadRule::Any => match map.group(id.group()) {
+            Some(g) => {
+                let active: Vec<&ServerInfo> = g
+                    .members
+                    .iter()
+                    .filter_map(|m| map.server(*m))
+                    .filter(|s| usable(s))
+                    .collect();
+                match active.get(turn % active.len().max(1)) {
+                    Some(s) => Ok(Route {
+                        addr: s.addr.as_str().into(),
+                        epoch: g.epoch,
+                        map_version: map.version,
+                    }),
+                    None => to_master(g),
+                }
+            }
+            None => Err(no_route(
+                ErrorCode::WrongGroup,
+                format!(
+                    "no group {} in cluster map version {}",
+                    id.group(),
+                    map.version
+                ),
+            )),
+        },
         Target::Read(id) | Target::Write(id) => match map.group(id.group()) {
             Some(g) => to_master(g),
             None => Err(no_route(
@@ -161,6 +205,7 @@ pub(crate) struct ClusterRouter {
     describe: String,
     map: watch::Receiver<Option<Arc<ClusterMap>>>,
     rule: UploadGroupRule,
+    reads: ReadRule,
     turn: AtomicUsize,
     task: JoinHandle<()>,
 }
@@ -170,6 +215,7 @@ impl std::fmt::Debug for ClusterRouter {
         f.debug_struct("ClusterRouter")
             .field("leaders", &self.leaders)
             .field("rule", &self.rule)
+            .field("reads", &self.reads)
             .finish()
     }
 }
@@ -188,6 +234,7 @@ impl ClusterRouter {
         leaders: Vec<String>,
         timeouts: ClientTimeouts,
         rule: UploadGroupRule,
+        reads: ReadRule,
     ) -> ClusterRouter {
         let (tx, rx) = watch::channel(None);
         let lc = LeaderClient::with_timeouts(leaders.clone(), timeouts);
@@ -205,6 +252,7 @@ impl ClusterRouter {
             leaders,
             map: rx,
             rule,
+            reads,
             // Start the round robin at a random group, so many short-lived
             // clients do not all begin with the first one.
             turn: AtomicUsize::new(rand::random::<u16>() as usize),
@@ -250,10 +298,10 @@ impl ClusterRouter {
             });
         };
         let turn = match target {
-            Target::Create => self.turn.fetch_add(1, Ordering::Relaxed),
+            Target::Create | Target::Read(_) => self.turn.fetch_add(1, Ordering::Relaxed),
             _ => 0,
         };
-        let route = route_in(&map, target, self.rule, turn)?;
+        let route = route_in(&map, target, self.rule, self.reads, turn)?;
         tracing::trace!(addr = %route.addr, epoch = route.epoch, map = map.version, "cluster route");
         Ok(route)
     }
@@ -353,10 +401,51 @@ mod tests {
         m.server_mut(3).unwrap().status = ServerStatus::Recovering;
         for rule in [UploadGroupRule::RoundRobin, UploadGroupRule::MostFreeSpace] {
             assert!(choose_group(&m, rule, 0).is_none());
-            let e = route_in(&m, Target::Create, rule, 0).unwrap_err();
+            let e = route_in(&m, Target::Create, rule, ReadRule::Master, 0).unwrap_err();
             assert_eq!(e.code(), Some(ErrorCode::Unavailable));
             assert!(e.is_retryable());
         }
+    }
+
+    #[test]
+    fn read_rule_any_spreads_reads_over_active_members() {
+        let mut m = map();
+        let f = FileId::generate("g1", 0, 1, 1_700_000_000, 5, 0, "txt").unwrap();
+        let addrs = |m: &ClusterMap, rule| -> Vec<String> {
+            (0..4)
+                .map(|t| {
+                    let r = route_in(m, Target::Read(&f), UploadGroupRule::RoundRobin, rule, t);
+                    let r = r.unwrap();
+                    assert_eq!(r.epoch, 3);
+                    r.addr.to_string()
+                })
+                .collect()
+        };
+        assert_eq!(
+            addrs(&m, ReadRule::Any),
+            [
+                "127.0.0.1:9001",
+                "127.0.0.1:9002",
+                "127.0.0.1:9001",
+                "127.0.0.1:9002"
+            ]
+        );
+        assert!(addrs(&m, ReadRule::Master)
+            .iter()
+            .all(|a| a == "127.0.0.1:9001"));
+        // Writes always go to the master; a slave that is not ACTIVE gets no reads.
+        let w = route_in(
+            &m,
+            Target::Write(&f),
+            UploadGroupRule::RoundRobin,
+            ReadRule::Any,
+            1,
+        );
+        assert_eq!(&*w.unwrap().addr, "127.0.0.1:9001");
+        m.server_mut(2).unwrap().status = ServerStatus::Recovering;
+        assert!(addrs(&m, ReadRule::Any)
+            .iter()
+            .all(|a| a == "127.0.0.1:9001"));
     }
 
     #[test]
@@ -364,23 +453,58 @@ mod tests {
         let m = map();
         let id = |g: &str| FileId::generate(g, 0, 1, 1_700_000_000, 5, 0, "txt").unwrap();
         let f = id("g2");
-        let r = route_in(&m, Target::Write(&f), UploadGroupRule::RoundRobin, 0).unwrap();
+        let r = route_in(
+            &m,
+            Target::Write(&f),
+            UploadGroupRule::RoundRobin,
+            ReadRule::Master,
+            0,
+        )
+        .unwrap();
         assert_eq!((&*r.addr, r.epoch, r.map_version), ("127.0.0.1:9003", 1, 7));
         let f = id("g1");
-        let r = route_in(&m, Target::Read(&f), UploadGroupRule::RoundRobin, 0).unwrap();
+        let r = route_in(
+            &m,
+            Target::Read(&f),
+            UploadGroupRule::RoundRobin,
+            ReadRule::Master,
+            0,
+        )
+        .unwrap();
         assert_eq!((&*r.addr, r.epoch), ("127.0.0.1:9001", 3));
         // OFFLINE master, no master: retryable; unknown group: not.
         for g in ["g3", "g4"] {
             let f = id(g);
-            let e = route_in(&m, Target::Write(&f), UploadGroupRule::RoundRobin, 0).unwrap_err();
+            let e = route_in(
+                &m,
+                Target::Write(&f),
+                UploadGroupRule::RoundRobin,
+                ReadRule::Master,
+                0,
+            )
+            .unwrap_err();
             assert_eq!(e.code(), Some(ErrorCode::Unavailable), "{g}");
         }
         let f = id("g9");
-        let e = route_in(&m, Target::Read(&f), UploadGroupRule::RoundRobin, 0).unwrap_err();
+        let e = route_in(
+            &m,
+            Target::Read(&f),
+            UploadGroupRule::RoundRobin,
+            ReadRule::Master,
+            0,
+        )
+        .unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::WrongGroup));
         assert!(!e.is_retryable());
         // Ping: any ACTIVE master, no epoch check.
-        let r = route_in(&m, Target::Any, UploadGroupRule::RoundRobin, 0).unwrap();
+        let r = route_in(
+            &m,
+            Target::Any,
+            UploadGroupRule::RoundRobin,
+            ReadRule::Master,
+            0,
+        )
+        .unwrap();
         assert_eq!((&*r.addr, r.epoch), ("127.0.0.1:9001", 0));
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::cluster::UploadGroupRule;
+use crate::cluster::{ReadRule, UploadGroupRule};
 
 /// How a [`Client`](crate::Client) connects, waits and retries.
 ///
@@ -26,6 +26,7 @@ pub struct ClientConfig {
     pub(crate) retry_backoff: Duration,
     pub(crate) verify_crc: bool,
     pub(crate) upload_group_rule: UploadGroupRule,
+    pub(crate) read_rule: ReadRule,
     pub(crate) cluster_wait: Duration,
 }
 
@@ -43,6 +44,7 @@ impl Default for ClientConfig {
             retry_backoff: Duration::from_millis(50),
             verify_crc: true,
             upload_group_rule: UploadGroupRule::RoundRobin,
+            read_rule: ReadRule::Master,
             cluster_wait: Duration::from_secs(5),
         }
     }
@@ -126,6 +128,17 @@ impl ClientConfig {
     pub fn get_verify_crc(&self) -> bool {
         self.verify_crc
     }
+    /// Where reads go in cluster mode (default [`ReadRule::Master`],
+    /// linearizable; [`ReadRule::Any`] spreads them over ACTIVE members).
+    pub fn read_rule(mut self, rule: ReadRule) -> Self {
+        self.read_rule = rule;
+        self
+    }
+
+    pub fn get_read_rule(&self) -> ReadRule {
+        self.read_rule
+    }
+
     pub fn get_upload_group_rule(&self) -> UploadGroupRule {
         self.upload_group_rule
     }

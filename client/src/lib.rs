@@ -54,7 +54,7 @@ mod pool;
 mod route;
 
 pub use client::{Client, ClientStats};
-pub use cluster::UploadGroupRule;
+pub use cluster::{ReadRule, UploadGroupRule};
 pub use config::ClientConfig;
 pub use error::{ClientError, Result};
 pub use listing::LIST_PAGE;

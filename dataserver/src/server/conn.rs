@@ -18,6 +18,7 @@ use crate::cluster::{Role, SharedView};
 use crate::engine::{Engine, EngineError};
 use crate::repl::dedup::{Begin, Dedup};
 use crate::repl::{slave, Replicator};
+use proto::cluster::ServerStatus;
 
 /// What the connection loop needs from the server.
 pub struct ConnContext {
@@ -52,6 +53,17 @@ async fn dedup_begin<'a>(ctx: &'a ConnContext, env: &RequestEnvelope) -> Option<
     } else {
         None
     }
+}
+
+/// Whether `op` only reads a file.
+fn is_read(op: &Request) -> bool {
+    matches!(
+        op,
+        Request::Download { .. }
+            | Request::Stat { .. }
+            | Request::GetMeta { .. }
+            | Request::Exists { .. }
+    )
 }
 
 /// Whether `op` changes data (a client write).
@@ -92,6 +104,17 @@ fn gate(ctx: &ConnContext, env: &RequestEnvelope) -> Result<(), WireError> {
             };
         }
         _ => {}
+    }
+    // read_rule = any: an ACTIVE slave serves reads that carry its epoch
+    // (a client routing by a current map chose it; see `client::ReadRule`).
+    if is_read(&env.op) && env.epoch != 0 {
+        let serve = ctx.cluster.with(|v| {
+            matches!(v.role(), Role::Slave { epoch, .. } if *epoch == env.epoch)
+                && v.my_status() == ServerStatus::Active
+        });
+        if serve {
+            return Ok(());
+        }
     }
     ctx.cluster.admit(ungated(&env.op), env.epoch)?;
     if let (true, Some(repl)) = (is_write(&env.op), &ctx.repl) {

@@ -38,7 +38,11 @@ fn all_active(m: &ClusterMap, ids: &[ServerId]) -> bool {
 }
 
 /// Send one request without a body, carrying `epoch`.
-async fn call_epoch(addr: SocketAddr, op: Request, epoch: u64) -> Result<Reply, WireError> {
+pub(crate) async fn call_epoch(
+    addr: SocketAddr,
+    op: Request,
+    epoch: u64,
+) -> Result<Reply, WireError> {
     let mut c = RawConn::connect(addr).await;
     let env = RequestEnvelope {
         id: 7,

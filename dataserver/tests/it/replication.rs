@@ -423,3 +423,40 @@ async fn a_fresh_member_copies_everything_and_becomes_active() {
     .unwrap();
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_rule_any_reads_from_active_slaves() {
+    let c = cluster(3);
+    let lc = c.leader_client();
+    let map = c
+        .wait_map(&lc, Duration::from_secs(20), "three ACTIVE members", |m| {
+            all_active(m, 3)
+        })
+        .await;
+    let cfg = ClientConfig::default().read_rule(client::ReadRule::Any);
+    let any = Client::connect_with(c.leaders.addrs(), cfg).await.unwrap();
+    let mut files = Vec::new();
+    for i in 0..12u64 {
+        let data = piece(i, 3000);
+        let s = any.upload(&data, UploadOptions::default()).await.unwrap();
+        files.push((s.file_id, data));
+    }
+    // Round robin over the members: every read is right.
+    for _ in 0..3 {
+        for (id, data) in &files {
+            assert!(any.download(id).await.unwrap() == *data, "{id}");
+        }
+    }
+    // A slave serves a read carrying the current epoch, and refuses one
+    // without (a client reading from it by mistake).
+    let g = map.group("group1").unwrap();
+    let slave = (1..=3).find(|id| Some(*id) != g.master).unwrap();
+    let addr: std::net::SocketAddr = map.server(slave).unwrap().addr.parse().unwrap();
+    let stat = proto::Request::Stat {
+        file_id: files[0].0.clone(),
+    };
+    let r = crate::cluster::call_epoch(addr, stat.clone(), g.epoch).await;
+    assert!(matches!(r, Ok(proto::Reply::Stat(_))), "{r:?}");
+    let e = crate::cluster::call_epoch(addr, stat, 0).await.unwrap_err();
+    assert_eq!(e.code, proto::ErrorCode::NotMaster, "{e}");
+}
