@@ -330,7 +330,12 @@ impl Hosts {
     /// Whatever was made before a failure is removed again.
     pub fn setup(opts: &HostsOpts) -> Result<Hosts, HostsError> {
         let leader_bin = find_bin("chorus-leader")?;
-        let dataserver_bin = find_bin("chorus-dataserver")?;
+        // `CHORUS_DATASERVER_BIN` runs another build (e.g. one with the
+        // `fault-injection` feature, to prove the checkers catch it).
+        let dataserver_bin = match std::env::var_os("CHORUS_DATASERVER_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => find_bin("chorus-dataserver")?,
+        };
         let tag = new_tag();
         let subnet = free_subnet(&tag)?;
         let bridge = format!("{PREFIX}{tag}br");

@@ -240,6 +240,22 @@ impl Replicator {
         if targets.is_empty() {
             return self.check_lease();
         }
+        #[cfg(feature = "fault-injection")]
+        if super::fault::ack_before_replicate() {
+            if let Some(me) = self.me.upgrade() {
+                let bytes = match &content {
+                    Some(c) => read_all(c).await?,
+                    None => Bytes::new(),
+                };
+                tokio::spawn(async move {
+                    tokio::time::sleep(super::fault::DELAY).await;
+                    for t in targets {
+                        let _ = me.send(&t, epoch, &rec, &bytes).await;
+                    }
+                });
+            }
+            return Ok(());
+        }
         let bytes = match &content {
             Some(c) => read_all(c).await?,
             None => Bytes::new(),

@@ -14,6 +14,8 @@
 pub mod catchup;
 pub mod dedup;
 pub mod epoch;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod master;
 pub mod pull;
 pub mod slave;

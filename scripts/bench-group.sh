@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Replication costs, measured in one run on one machine (fsync = always,
+# concurrency 16): a single standalone dataserver, then one sync group of 3
+# behind 3 leaders; 4 KiB and 1 MiB uploads and 4 KiB downloads through
+# `chorus bench`. Then, with default leader timeouts, the failover time
+# (master SIGKILLed under an upload loop -> first upload served again) and
+# the catch-up rate of a slave that was down while data was written.
+#
+#   scripts/bench-group.sh [DIR] [DURATION_SECS]
+#
+# Needs a release build: cargo build --release --bins
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+dir="${1:-$root/target/bench-group}"
+secs="${2:-10}"
+bin="$root/target/release"
+rm -rf "$dir" && mkdir -p "$dir"
+out="$dir/results.txt"
+: >"$out"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
+
+bench() { # label, chorus connection flags..., -- bench args...
+  local label=$1; shift
+  local conn=()
+  while [ "$1" != "--" ]; do conn+=("$1"); shift; done; shift
+  echo "== $label: chorus bench $*" | tee -a "$out"
+  "$bin/chorus" "${conn[@]}" bench "$@" --duration "$secs" --json | tee -a "$out"
+}
+
+# 1. A single standalone server.
+"$bin/chorus-dataserver" --data-dir "$dir/single" --listen 127.0.0.1:24100 \
+  --reserved-space 1GiB --fsync always 2>"$dir/single.log" &
+pids+=($!)
+wait_port 24100
+for args in "--op upload --size 4KiB" "--op upload --size 1MiB" "--op download --size 4KiB"; do
+  # shellcheck disable=SC2086
+  bench single --server 127.0.0.1:24100 -- $args --concurrency 16
+done
+kill -9 "${pids[0]}"; pids=()
+
+# 2. One sync group of 3 (default timeouts).
+peers="1=127.0.0.1:24201,2=127.0.0.1:24202,3=127.0.0.1:24203"
+leaders="127.0.0.1:24201,127.0.0.1:24202,127.0.0.1:24203"
+for i in 1 2 3; do
+  "$bin/chorus-leader" --id $i --listen 127.0.0.1:2420$i --peers "$peers" \
+    --data-dir "$dir/l$i" 2>"$dir/l$i.log" &
+  pids+=($!)
+done
+start_ds() {
+  "$bin/chorus-dataserver" --data-dir "$dir/d$1" --listen 127.0.0.1:2421$1 --server-id "$1" \
+    --leaders "$leaders" --reserved-space 1GiB --fsync always 2>>"$dir/d$1.log" &
+  dpid[$1]=$!
+  pids+=($!)
+}
+declare -A dpid
+for i in 1 2 3; do start_ds $i; done
+active() { "$bin/chorus" --leaders "$leaders" status --json | python3 -c '
+import json,sys; r=json.load(sys.stdin)
+print(sum(1 for s in r["servers"] if s["status"]=="active"))'; }
+master_id() { "$bin/chorus" --leaders "$leaders" status --json | python3 -c '
+import json,sys; r=json.load(sys.stdin)
+print(([s["id"] for s in r["servers"] if s["role"]=="master"] or [0])[0])'; }
+status_of() { "$bin/chorus" --leaders "$leaders" status --json | python3 -c "
+import json,sys; r=json.load(sys.stdin)
+print([s['status'] for s in r['servers'] if s['id']==$1][0])"; }
+for _ in $(seq 300); do [ "$(active 2>/dev/null || echo 0)" = 3 ] && break; sleep 0.1; done
+for args in "--op upload --size 4KiB" "--op upload --size 1MiB" "--op download --size 4KiB"; do
+  # shellcheck disable=SC2086
+  bench "sync group of 3" --leaders "$leaders" -- $args --concurrency 16
+done
+
+# 3. Failover with default timeouts: SIGKILL the master under an upload loop.
+master=$(master_id)
+head -c 4096 /dev/urandom >"$dir/f4k"
+python3 - "$bin/chorus" "$leaders" "$dir/f4k" "${dpid[$master]}" <<'PY' | tee -a "$out"
+import os, signal, subprocess, sys, threading, time
+chorus, leaders, f, pid = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+done = []
+def loop():
+    while len(done) < 1 or time.time() - done[0][0] < 4:
+        t = time.time()
+        r = subprocess.run([chorus, "--leaders", leaders, "upload", f], capture_output=True)
+        if r.returncode == 0 and killed:
+            done.append((time.time(), t))
+killed = None
+th = threading.Thread(target=loop); th.start()
+time.sleep(2)
+killed = time.time(); os.kill(pid, signal.SIGKILL)
+th.join()
+first = min(t for t, _ in done)
+print(f"failover (default timeouts): master killed -> first upload served again after {first - killed:.2f} s")
+PY
+
+# 4. Catch-up: stop a slave, write 256 MiB, restart it, time until ACTIVE.
+slave=$(for i in 1 2 3; do [ "$i" != "$master" ] && echo $i; done | head -1)
+for _ in $(seq 300); do
+  m=$(master_id 2>/dev/null || echo 0)
+  [ "$m" != 0 ] && [ "$m" != "$master" ] && break
+  sleep 0.1
+done
+kill -9 "${dpid[$slave]}"
+sleep 4
+"$bin/chorus" --leaders "$leaders" bench --op upload --size 1MiB --concurrency 8 --duration 6 --json >"$dir/fill.json"
+start_ds "$slave"
+t0=$(date +%s.%N)
+for _ in $(seq 1200); do
+  [ "$(status_of "$slave" 2>/dev/null)" = active ] && break
+  sleep 0.1
+done
+t1=$(date +%s.%N)
+python3 - "$dir/fill.json" "$t0" "$t1" <<'PY' | tee -a "$out"
+import json, sys
+r = json.load(open(sys.argv[1]))
+mib = r["bytes"] / 2**20
+secs = float(sys.argv[3]) - float(sys.argv[2])
+print(f"catch-up: {mib:.0f} MiB written while a slave was down; back to ACTIVE {secs:.1f} s after restart ({mib/secs:.0f} MiB/s, including its start)")
+PY
+echo "results in $out"
