@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use client::leader::{LeaderClient, LeaderClientError};
 use client::peer::{PeerBody, PeerConn};
 use parking_lot::Mutex;
@@ -17,11 +16,15 @@ use tracing::{debug, info, warn};
 
 use super::dedup::Dedup;
 use super::epoch::EpochFile;
+use super::payload::{ContentReader, Payload};
 use super::slave;
 use super::targets::{targets, Target};
 use super::ReplTiming;
 use crate::cluster::{Role, SharedView};
 use crate::engine::{Content, Engine, EngineError, HookFuture, ReplicateHook};
+
+/// An ONLINE slave's deadline, in multiples of the write set's.
+const ONLINE_PATIENCE: u32 = 5;
 
 /// Idle connections kept per slave.
 const POOL_PER_PEER: usize = 32;
@@ -148,12 +151,18 @@ impl Replicator {
         t: &Target,
         epoch: u64,
         rec: &ReplRecord,
-        bytes: &Bytes,
+        payload: &Payload,
+        deadline: Duration,
     ) -> Result<(), String> {
+        let deadline = payload.deadline(deadline);
+        let mut reader = match payload {
+            Payload::Stream(c) => Some(ContentReader::new(c.clone())),
+            Payload::Mem(_) => None,
+        };
         let once = async {
             let mut conn = match self.take_conn(&t.addr) {
                 Some(c) => c,
-                None => PeerConn::connect(&t.addr, self.timing.deadline, self.timing.deadline)
+                None => PeerConn::connect(&t.addr, deadline, deadline)
                     .await
                     .map_err(|e| e.to_string())?,
             };
@@ -162,7 +171,11 @@ impl Replicator {
                     Request::Replicate(rec.clone()),
                     epoch,
                     (rec.client_id, rec.seq),
-                    PeerBody::Slice(bytes),
+                    match (payload, &mut reader) {
+                        (Payload::Mem(b), _) => PeerBody::Slice(b),
+                        (Payload::Stream(_), Some(r)) => PeerBody::Reader(r, payload.len()),
+                        (Payload::Stream(_), None) => PeerBody::Slice(&[]),
+                    },
                     None,
                 )
                 .await
@@ -174,9 +187,9 @@ impl Replicator {
                 Err(e) => Err(e.to_string()),
             }
         };
-        match tokio::time::timeout(self.timing.deadline, once).await {
+        match tokio::time::timeout(deadline, once).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no answer within {:?}", self.timing.deadline)),
+            Err(_) => Err(format!("no answer within {deadline:?}")),
         }
     }
 
@@ -243,32 +256,29 @@ impl Replicator {
         #[cfg(feature = "fault-injection")]
         if super::fault::ack_before_replicate() {
             if let Some(me) = self.me.upgrade() {
-                let bytes = match &content {
-                    Some(c) => read_all(c).await?,
-                    None => Bytes::new(),
-                };
+                let payload = Payload::of(content.as_ref()).await?;
                 tokio::spawn(async move {
                     tokio::time::sleep(super::fault::DELAY).await;
                     for t in targets {
-                        let _ = me.send(&t, epoch, &rec, &bytes).await;
+                        let _ = me.send(&t, epoch, &rec, &payload, me.timing.deadline).await;
                     }
                 });
             }
             return Ok(());
         }
-        let bytes = match &content {
-            Some(c) => read_all(c).await?,
-            None => Bytes::new(),
-        };
+        let payload = Payload::of(content.as_ref()).await?;
         let mut waits = Vec::new();
         for t in targets {
             if t.wait {
                 waits.push(t);
             } else if let Some(me) = self.me.upgrade() {
                 // ONLINE: sent in the background; a failure drops it.
-                let (rec, bytes) = (rec.clone(), bytes.clone());
+                let (rec, payload) = (rec.clone(), payload.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = me.send(&t, epoch, &rec, &bytes).await {
+                    // Nobody waits for an ONLINE slave: give it time to
+                    // fill a gap before calling it failed.
+                    let patient = me.timing.deadline * ONLINE_PATIENCE;
+                    if let Err(e) = me.send(&t, epoch, &rec, &payload, patient).await {
                         debug!(slave = t.id, error = %e, "online slave missed a change");
                         if let Err(e) = me.drop_slave(t.id, epoch).await {
                             debug!(slave = t.id, error = %e, "dropping an online slave failed");
@@ -277,7 +287,9 @@ impl Replicator {
                 });
             }
         }
-        let sends = waits.iter().map(|t| self.send(t, epoch, &rec, &bytes));
+        let sends = waits
+            .iter()
+            .map(|t| self.send(t, epoch, &rec, &payload, self.timing.deadline));
         let results = futures::future::join_all(sends).await;
         for (t, r) in waits.iter().zip(results) {
             if let Err(e) = r {
@@ -362,20 +374,6 @@ impl Replicator {
             }
         }
     }
-}
-
-async fn read_all(c: &Content) -> Result<Bytes, EngineError> {
-    let mut out = BytesMut::with_capacity(c.len() as usize);
-    let mut at = 0;
-    while at < c.len() {
-        let b = c.read(at, proto::frame::STREAM_CHUNK).await?;
-        if b.is_empty() {
-            return Err(EngineError::Corrupt("content shorter than recorded".into()));
-        }
-        at += b.len() as u64;
-        out.extend_from_slice(&b);
-    }
-    Ok(out.freeze())
 }
 
 impl ReplicateHook for Replicator {

@@ -17,6 +17,7 @@ pub mod epoch;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod master;
+pub mod payload;
 pub mod pull;
 pub mod slave;
 pub mod targets;

@@ -21,7 +21,9 @@ fn cluster(n: usize) -> Cluster {
         leaders: 3,
         leader_args: LEADER_ARGS,
         dataservers: n,
-        dataserver_args: &["--heartbeat-ms", "300"],
+        // Files above 1 MiB are single files; above 8 MiB a change is
+        // streamed to the slaves rather than read into memory.
+        dataserver_args: &["--heartbeat-ms", "300", "--large-file-threshold", "1MiB"],
     })
 }
 
@@ -105,7 +107,13 @@ async fn writer(c: Arc<Client>, w: u64, acked: Arc<Mutex<Acked>>, stop: Arc<Atom
                     }
                 }
             } else {
-                let data = piece(seed, 1000 + (seed % 40_000) as usize);
+                let size = match n % 40 {
+                    // Now and then a large file, and one big enough to stream.
+                    1 => 1_500_000 + (seed % 100_000) as usize,
+                    2 if w == 0 => 9_000_000,
+                    _ => 1000 + (seed % 40_000) as usize,
+                };
+                let data = piece(seed, size);
                 match c.upload(&data, UploadOptions::default()).await {
                     Ok(s) => {
                         let mut a = acked.lock();
@@ -372,7 +380,13 @@ async fn a_fresh_member_copies_everything_and_becomes_active() {
     let client = sdk(&c).await;
     let mut files = HashMap::new();
     for i in 0..40u64 {
-        let data = piece(i, 500 + (i as usize * 997) % 30_000);
+        let size = match i % 10 {
+            // Large files (single files on disk) and one past the streaming size.
+            0 => 2_000_000 + i as usize,
+            5 if i == 5 => 9_500_000,
+            _ => 500 + (i as usize * 997) % 30_000,
+        };
+        let data = piece(i, size);
         let s = client
             .upload(&data, UploadOptions::default())
             .await
