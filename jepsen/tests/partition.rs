@@ -173,3 +173,76 @@ async fn run(hosts: Arc<Hosts>) {
         acks.len()
     );
 }
+
+/// A master that applied a write a slave of the write set did not confirm,
+/// and cannot reach the leaders to have that slave dropped, must stop
+/// serving at once — even reads, even with time left on its lease: a read
+/// could see the write, and a failover to that slave would lose it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_master_that_cannot_drop_a_silent_slave_fences_itself() {
+    if let Err(why) = hosts::netns_available() {
+        eprintln!("skipping the fencing test: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A long lease, so the fence (not the lease) is what stops the master.
+    let opts = HostsOpts {
+        dir: dir.path().to_path_buf(),
+        leaders: 3,
+        dataservers: 3,
+        leader_args: ["--server-timeout-ms", "3000", "--master-lease-ms", "12000"]
+            .map(String::from)
+            .to_vec(),
+        dataserver_args: ["--heartbeat-ms", "300"].map(String::from).to_vec(),
+    };
+    let hosts = Arc::new(Hosts::setup(&opts).expect("set up the hosts"));
+    let res = tokio::time::timeout(Duration::from_secs(120), fence(hosts.clone())).await;
+    hosts.teardown();
+    res.expect("the fencing test ran over its bound");
+}
+
+async fn fence(hosts: Arc<Hosts>) {
+    hosts.start_all().expect("start every node");
+    let lc = LeaderClient::new(hosts.leader_addrs());
+    let map = wait_map(&lc, Duration::from_secs(30), "3 ACTIVE members", |m| {
+        (1..=3).all(|id| {
+            m.server(id)
+                .is_some_and(|s| s.status == ServerStatus::Active)
+        }) && master_of(m).is_some()
+    })
+    .await;
+    let (old, _) = master_of(&map).unwrap();
+    let slave = (1..=3).find(|id| *id != old).unwrap();
+    let c = Client::connect_direct_with(
+        map.server(old).unwrap().addr.clone(),
+        ClientConfig::default()
+            .retries(0)
+            .request_timeout(Duration::from_secs(20)),
+    )
+    .await
+    .unwrap();
+    let before = c.upload(b"before", UploadOptions::default()).await.unwrap();
+
+    // The master loses the leaders, a slave goes silent, and a write comes.
+    for l in 1..=3 {
+        hosts
+            .cut(&format!("d{old}"), &format!("l{l}"))
+            .expect("cut");
+    }
+    hosts.pause(&format!("d{slave}")).expect("pause");
+    let cut_at = Instant::now();
+    let e = c
+        .upload(b"unsettled", UploadOptions::default())
+        .await
+        .expect_err("a write the silent slave never confirmed was acknowledged");
+    println!("write refused after {:?}: {e}", cut_at.elapsed());
+    // Its lease (12 s) has time left, but it must not serve even a read.
+    assert!(cut_at.elapsed() < Duration::from_secs(10));
+    let e = c
+        .stat(&before.file_id)
+        .await
+        .expect_err("a fenced master served a read");
+    assert!(e.to_string().contains("fenced"), "{e}");
+    hosts.resume(&format!("d{slave}")).expect("resume");
+    hosts.heal_network().expect("heal");
+}

@@ -40,6 +40,8 @@ pub struct Replicator {
     /// The epoch whose start the leaders recorded with this server as
     /// master: writes are taken only in it.
     ready_epoch: AtomicU64,
+    /// The epoch this master is fenced in (0: not fenced).
+    fenced: AtomicU64,
     /// ONLINE slaves being activated: every write waits for them.
     activating: Mutex<HashSet<ServerId>>,
     pool: Mutex<HashMap<String, Vec<PeerConn>>>,
@@ -71,6 +73,7 @@ impl Replicator {
             timing,
             epoch,
             ready_epoch: AtomicU64::new(0),
+            fenced: AtomicU64::new(0),
             activating: Mutex::new(HashSet::new()),
             pool: Mutex::new(HashMap::new()),
             pull: tokio::sync::Mutex::new(()),
@@ -96,6 +99,7 @@ impl Replicator {
 
     /// May this server, as master at `epoch`, take writes?
     pub fn writable(&self, epoch: u64) -> Result<(), WireError> {
+        self.serving(epoch)?;
         if self.ready_epoch.load(Ordering::Acquire) == epoch {
             Ok(())
         } else {
@@ -104,6 +108,56 @@ impl Replicator {
                 format!("master of epoch {epoch} is still starting; retry"),
             ))
         }
+    }
+
+    /// May this server, as master at `epoch`, serve at all? Not while it is
+    /// fenced: it applied a change a slave of the write set may lack and
+    /// could not have that slave dropped, so neither a read (which could see
+    /// the change, then lost at a failover) nor a write may be served until
+    /// the slave is dropped or the epoch moves on.
+    pub fn serving(&self, epoch: u64) -> Result<(), WireError> {
+        if self.fenced.load(Ordering::Acquire) == epoch {
+            return Err(WireError::new(
+                ErrorCode::Unavailable,
+                "this master is fenced: a slave missed a change and the leaders could not be told",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fence this master at `epoch` and keep trying to drop `slave`; the
+    /// fence lifts when the leaders have dropped it or the epoch changed.
+    fn fence(&self, slave: ServerId, epoch: u64) {
+        if self.fenced.swap(epoch, Ordering::AcqRel) == epoch {
+            return;
+        }
+        warn!(
+            slave,
+            epoch, "fenced: refusing every request until the slave is dropped"
+        );
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            loop {
+                let current = me.view.with(|v| match *v.role() {
+                    Role::Master { epoch, .. } => Some(epoch),
+                    _ => None,
+                });
+                if current != Some(epoch) {
+                    break;
+                }
+                match me.drop_slave(slave, epoch).await {
+                    Ok(()) => break,
+                    Err(e) => debug!(slave, error = %e, "still fenced"),
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            let _ = me
+                .fenced
+                .compare_exchange(epoch, 0, Ordering::AcqRel, Ordering::Acquire);
+            info!(epoch, "fence lifted");
+        });
     }
 
     /// As the new master of `epoch`: wait for the changes in flight to
@@ -296,7 +350,9 @@ impl Replicator {
                 warn!(slave = t.id, version = rec.version, error = %e, "slave missed its deadline");
                 if let Err(e) = self.drop_slave(t.id, epoch).await {
                     // Applied here, maybe not on that slave, which may still
-                    // become master: a retry must not apply it again here.
+                    // become master: serve nothing until that is settled, and
+                    // a retry must not apply it again here.
+                    self.fence(t.id, epoch);
                     if rec.client_id != 0 && rec.seq != 0 {
                         self.dedup.mark_unknown(rec.client_id, rec.seq, e.clone());
                     }

@@ -117,9 +117,11 @@ fn gate(ctx: &ConnContext, env: &RequestEnvelope) -> Result<(), WireError> {
         }
     }
     ctx.cluster.admit(ungated(&env.op), env.epoch)?;
-    if let (true, Some(repl)) = (is_write(&env.op), &ctx.repl) {
-        if let Role::Master { epoch, .. } = ctx.cluster.role() {
+    if let (Some(repl), Role::Master { epoch, .. }) = (&ctx.repl, ctx.cluster.role()) {
+        if is_write(&env.op) {
             repl.writable(epoch)?;
+        } else if !ungated(&env.op) {
+            repl.serving(epoch)?;
         }
     }
     Ok(())
