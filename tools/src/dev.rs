@@ -34,7 +34,16 @@ struct Proc {
     log: PathBuf,
     child: Child,
     pid: u32,
+    bin: PathBuf,
+    args: Vec<String>,
+    /// Restarts after the cluster was up (see [`restart_exited`]).
+    restarts: u32,
 }
+
+/// A child that dies while the cluster runs is restarted (on the same data,
+/// like an init system would), so killing one shows a failover and its
+/// recovery; after this many restarts of one child `chorus dev` gives up.
+const MAX_RESTARTS: u32 = 20;
 
 fn err(message: impl Into<String>) -> CliError {
     CliError::new("dev", message, exit::OTHER)
@@ -103,7 +112,38 @@ fn spawn(name: String, bin: &Path, args: &[String], addr: &str, log: PathBuf) ->
         log,
         child,
         pid,
+        bin: bin.to_path_buf(),
+        args: args.to_vec(),
+        restarts: 0,
     })
+}
+
+/// Restart every child that exited; an error when one keeps dying.
+fn restart_exited(procs: &mut [Proc]) -> Result<(), String> {
+    for p in procs.iter_mut() {
+        let Ok(Some(st)) = p.child.try_wait() else {
+            continue;
+        };
+        if p.restarts >= MAX_RESTARTS {
+            return Err(format!(
+                "{} (pid {}) exited with {st} after {} restarts; see {}",
+                p.name,
+                p.pid,
+                p.restarts,
+                p.log.display()
+            ));
+        }
+        eprintln!(
+            "chorus dev: {} (pid {}) exited with {st}; restarting it",
+            p.name, p.pid
+        );
+        let restarts = p.restarts + 1;
+        let fresh = spawn(p.name.clone(), &p.bin, &p.args, &p.addr, p.log.clone())
+            .map_err(|e| format!("restarting {}: {}", p.name, e.message))?;
+        *p = Proc { restarts, ..fresh };
+        eprintln!("chorus dev: {} restarted (pid {})", p.name, p.pid);
+    }
+    Ok(())
 }
 
 /// The first child that exited, with its status.
@@ -283,7 +323,7 @@ pub async fn run(args: DevArgs, out: Output) -> CliResult {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        if let Some(why) = exited(&mut procs) {
+                        if let Err(why) = restart_exited(&mut procs) {
                             break Ended::ChildDied(why);
                         }
                     }

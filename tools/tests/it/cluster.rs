@@ -289,6 +289,42 @@ fn dev_runs_a_cluster_that_serves_and_stops_cleanly_on_sigterm() {
         .json();
     assert_eq!(st["servers"].as_array().unwrap().len(), 3);
 
+    // A dataserver killed while the cluster runs is restarted and climbs
+    // back to ACTIVE (the last process listed is dataserver 3).
+    let ds3 = *pids.last().unwrap();
+    let killed_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    // SAFETY: a child of the dev process, alive (checked above).
+    unsafe { libc::kill(ds3, libc::SIGKILL) };
+    let t = Instant::now();
+    loop {
+        let st = run_chorus_with(&["--leaders", &leaders], &["status", "--json"], None)
+            .ok()
+            .json();
+        // ACTIVE again, by a status change after the kill (it went through
+        // RECOVERING).
+        let back = st["servers"].as_array().unwrap().iter().any(|s| {
+            s["id"] == 3
+                && s["status"] == "active"
+                && s["status_changed_ms"]
+                    .as_u64()
+                    .is_some_and(|ms| ms > killed_ms)
+        });
+        if back {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(45),
+            "dataserver 3 not back to ACTIVE: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("killed dataserver back to ACTIVE in {:?}", t.elapsed());
+    let back = run_chorus_with(&["--leaders", &leaders], &["download", &id], None);
+    assert_eq!(back.ok().stdout, data);
+
     // SAFETY: our own child.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let t = Instant::now();
@@ -308,4 +344,5 @@ fn dev_runs_a_cluster_that_serves_and_stops_cleanly_on_sigterm() {
     assert!(status.success(), "exit {status}; stderr:\n{err}");
     let left: Vec<i32> = pids.iter().copied().filter(|p| pid_alive(*p)).collect();
     assert!(left.is_empty(), "children still running: {left:?}");
+    assert!(err.contains("restarting it"), "stderr:\n{err}");
 }
