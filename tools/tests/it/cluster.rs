@@ -289,15 +289,17 @@ fn dev_runs_a_cluster_that_serves_and_stops_cleanly_on_sigterm() {
         .json();
     assert_eq!(st["servers"].as_array().unwrap().len(), 3);
 
-    // A dataserver killed while the cluster runs is restarted and climbs
-    // back to ACTIVE (the last process listed is dataserver 3).
-    let ds3 = *pids.last().unwrap();
+    // A slave killed while the cluster runs is restarted and climbs back
+    // to ACTIVE (processes: 3 leaders, then dataservers 1..3).
+    let master = info["master"].as_u64().unwrap();
+    let slave = (1..=3u64).find(|id| *id != master).unwrap();
+    let victim = pids[2 + slave as usize];
     let killed_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64;
     // SAFETY: a child of the dev process, alive (checked above).
-    unsafe { libc::kill(ds3, libc::SIGKILL) };
+    unsafe { libc::kill(victim, libc::SIGKILL) };
     let t = Instant::now();
     loop {
         let st = run_chorus_with(&["--leaders", &leaders], &["status", "--json"], None)
@@ -306,7 +308,7 @@ fn dev_runs_a_cluster_that_serves_and_stops_cleanly_on_sigterm() {
         // ACTIVE again, by a status change after the kill (it went through
         // RECOVERING).
         let back = st["servers"].as_array().unwrap().iter().any(|s| {
-            s["id"] == 3
+            s["id"] == slave
                 && s["status"] == "active"
                 && s["status_changed_ms"]
                     .as_u64()
@@ -317,11 +319,14 @@ fn dev_runs_a_cluster_that_serves_and_stops_cleanly_on_sigterm() {
         }
         assert!(
             t.elapsed() < Duration::from_secs(45),
-            "dataserver 3 not back to ACTIVE: {st}"
+            "dataserver {slave} not back to ACTIVE: {st}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    println!("killed dataserver back to ACTIVE in {:?}", t.elapsed());
+    println!(
+        "killed dataserver {slave} back to ACTIVE in {:?}",
+        t.elapsed()
+    );
     let back = run_chorus_with(&["--leaders", &leaders], &["download", &id], None);
     assert_eq!(back.ok().stdout, data);
 
