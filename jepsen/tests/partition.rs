@@ -34,6 +34,32 @@ fn master_of(m: &ClusterMap) -> Option<(u64, u64)> {
     Some((g.master?, g.epoch))
 }
 
+/// 3 leaders (`[server timeout ms, master lease ms]`) and 3 dataservers in
+/// namespaces; `test` runs on them within 120 s; everything is torn down.
+async fn with_hosts<F, Fut>(leader_ms: [&str; 2], test: F)
+where
+    F: FnOnce(Arc<Hosts>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let opts = HostsOpts {
+        dir: dir.path().to_path_buf(),
+        leaders: 3,
+        dataservers: 3,
+        leader_args: vec![
+            "--server-timeout-ms".into(),
+            leader_ms[0].into(),
+            "--master-lease-ms".into(),
+            leader_ms[1].into(),
+        ],
+        dataserver_args: ["--heartbeat-ms", "300"].map(String::from).to_vec(),
+    };
+    let hosts = Arc::new(Hosts::setup(&opts).expect("set up the hosts"));
+    let res = tokio::time::timeout(Duration::from_secs(120), test(hosts.clone())).await;
+    hosts.teardown();
+    res.expect("the test ran over its bound");
+}
+
 async fn wait_map(
     lc: &LeaderClient,
     limit: Duration,
@@ -58,20 +84,7 @@ async fn a_master_cut_off_from_the_leaders_stops_acknowledging_before_a_new_one_
         eprintln!("skipping the partition test: {why}");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let opts = HostsOpts {
-        dir: dir.path().to_path_buf(),
-        leaders: 3,
-        dataservers: 3,
-        leader_args: ["--server-timeout-ms", "1000", "--master-lease-ms", "1500"]
-            .map(String::from)
-            .to_vec(),
-        dataserver_args: ["--heartbeat-ms", "300"].map(String::from).to_vec(),
-    };
-    let hosts = Arc::new(Hosts::setup(&opts).expect("set up the hosts"));
-    let res = tokio::time::timeout(Duration::from_secs(120), run(hosts.clone())).await;
-    hosts.teardown();
-    res.expect("the partition test ran over its bound");
+    with_hosts(["1000", "1500"], run).await;
 }
 
 async fn run(hosts: Arc<Hosts>) {
@@ -184,21 +197,8 @@ async fn a_master_that_cannot_drop_a_silent_slave_fences_itself() {
         eprintln!("skipping the fencing test: {why}");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
     // A long lease, so the fence (not the lease) is what stops the master.
-    let opts = HostsOpts {
-        dir: dir.path().to_path_buf(),
-        leaders: 3,
-        dataservers: 3,
-        leader_args: ["--server-timeout-ms", "3000", "--master-lease-ms", "12000"]
-            .map(String::from)
-            .to_vec(),
-        dataserver_args: ["--heartbeat-ms", "300"].map(String::from).to_vec(),
-    };
-    let hosts = Arc::new(Hosts::setup(&opts).expect("set up the hosts"));
-    let res = tokio::time::timeout(Duration::from_secs(120), fence(hosts.clone())).await;
-    hosts.teardown();
-    res.expect("the fencing test ran over its bound");
+    with_hosts(["3000", "12000"], fence).await;
 }
 
 async fn fence(hosts: Arc<Hosts>) {

@@ -158,6 +158,35 @@ async fn check_acked(c: &Client, acked: &Acked) {
     }
 }
 
+/// The statuses server `id` passes through until it is ACTIVE (polled
+/// every 5 ms; a status held for less may be missed), within 60 s.
+async fn statuses_until_active(
+    c: &Cluster,
+    lc: &client::leader::LeaderClient,
+    id: ServerId,
+) -> Vec<ServerStatus> {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(m) = lc.get_map(false).await {
+            if let Some(s) = status(&m, id) {
+                if seen.last() != Some(&s) {
+                    seen.push(s);
+                }
+                if s == ServerStatus::Active {
+                    return seen;
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server {id} did not get to ACTIVE: {seen:?}\n{}",
+            c.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn verify(c: &Cluster) -> (i32, String) {
     let out = std::process::Command::new(testkit::bin("chorus"))
         .args([
@@ -193,6 +222,18 @@ fn verify_passes(c: &Cluster) {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// `chorus verify` passes (on a blocking thread: it runs the CLI), then
+/// every process stops.
+async fn verify_then_stop(c: Cluster) {
+    let c = tokio::task::spawn_blocking(move || {
+        verify_passes(&c);
+        c
+    })
+    .await
+    .expect("verify thread");
+    drop(c);
 }
 
 async fn sdk(c: &Cluster) -> Arc<Client> {
@@ -297,13 +338,7 @@ async fn killing_the_master_loses_no_acknowledged_write() {
         acked.errors
     );
     check_acked(&client, &acked).await;
-    let c = tokio::task::spawn_blocking(move || {
-        verify_passes(&c);
-        c
-    })
-    .await
-    .unwrap();
-    drop(c);
+    verify_then_stop(c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -333,25 +368,7 @@ async fn a_killed_slave_recovers_to_active_while_writes_go_on() {
 
     // Watch the statuses it passes through on the way back.
     let mut seen = vec![ServerStatus::Offline];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(m) = lc.get_map(false).await {
-            if let Some(s) = status(&m, slave) {
-                if seen.last() != Some(&s) {
-                    seen.push(s);
-                }
-                if s == ServerStatus::Active {
-                    break;
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "slave {slave} did not get back to ACTIVE: {seen:?}\n{}",
-            c.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    seen.extend(statuses_until_active(&c, &lc, slave).await);
     println!("slave {slave} went {seen:?}");
     assert!(seen.contains(&ServerStatus::Recovering), "{seen:?}");
     let before = acked.lock().times.len();
@@ -361,13 +378,7 @@ async fn a_killed_slave_recovers_to_active_while_writes_go_on() {
 
     let acked = std::mem::take(&mut *acked.lock());
     check_acked(&client, &acked).await;
-    let c = tokio::task::spawn_blocking(move || {
-        verify_passes(&c);
-        c
-    })
-    .await
-    .unwrap();
-    drop(c);
+    verify_then_stop(c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -401,22 +412,7 @@ async fn a_fresh_member_copies_everything_and_becomes_active() {
         files.remove(id);
     }
     c.add_dataserver();
-    let mut seen = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(m) = lc.get_map(false).await {
-            if let Some(s) = status(&m, 2) {
-                if seen.last() != Some(&s) {
-                    seen.push(s);
-                }
-                if s == ServerStatus::Active {
-                    break;
-                }
-            }
-        }
-        assert!(Instant::now() < deadline, "{seen:?}\n{}", c.logs());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let seen = statuses_until_active(&c, &lc, 2).await;
     println!("new member went {seen:?}");
     // WAIT_SYNC may pass between two polls.
     assert!(
@@ -430,13 +426,7 @@ async fn a_fresh_member_copies_everything_and_becomes_active() {
     for (id, data) in &files {
         assert!(client.download(id).await.unwrap() == *data, "{id}");
     }
-    let c = tokio::task::spawn_blocking(move || {
-        verify_passes(&c);
-        c
-    })
-    .await
-    .unwrap();
-    drop(c);
+    verify_then_stop(c).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
