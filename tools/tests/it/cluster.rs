@@ -232,6 +232,24 @@ fn pid_alive(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
+/// Sends SIGTERM to a process when dropped (a no-op once it has exited),
+/// then waits up to 15 s for it to go.
+struct StopOnDrop(i32);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if !pid_alive(self.0) {
+            return;
+        }
+        // SAFETY: kill(2) on the test's own child.
+        unsafe { libc::kill(self.0, libc::SIGTERM) };
+        let t = Instant::now();
+        while pid_alive(self.0) && t.elapsed() < Duration::from_secs(15) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 #[test]
 fn dev_runs_a_cluster_that_serves_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
@@ -246,6 +264,9 @@ fn dev_runs_a_cluster_that_serves_and_stops_cleanly_on_sigterm() {
         .spawn()
         .unwrap();
     let pid = dev.id() as i32;
+    // If an assertion fails, the dev cluster still stops (SIGTERM makes it
+    // stop its children).
+    let _guard = StopOnDrop(pid);
     let stdout = dev.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
