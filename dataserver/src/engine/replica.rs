@@ -95,6 +95,24 @@ impl Content {
         let n = (self.len.saturating_sub(at)).min(max as u64) as usize;
         read_at(&self.file, self.base + at, n).await
     }
+
+    /// All of it, in pieces of at most one stream chunk (1 MiB).
+    pub async fn chunks(&self) -> Result<Vec<Bytes>, EngineError> {
+        let mut parts = Vec::new();
+        let mut at = 0;
+        while at < self.len {
+            let b = self.read(at, proto::frame::STREAM_CHUNK).await?;
+            if b.is_empty() {
+                return Err(EngineError::Corrupt(format!(
+                    "content ends at {at} of {} bytes",
+                    self.len
+                )));
+            }
+            at += b.len() as u64;
+            parts.push(b);
+        }
+        Ok(parts)
+    }
 }
 
 /// The boxed future a [`ReplicateHook`] returns.
@@ -310,19 +328,7 @@ impl Engine {
         let Some(entry) = self.index.read().get(id).cloned() else {
             return Ok(None);
         };
-        let content = self.content_of(id, &entry, 0, entry.size)?;
-        let mut parts = Vec::new();
-        let mut at = 0;
-        while at < content.len() {
-            let b = content.read(at, proto::frame::STREAM_CHUNK).await?;
-            if b.is_empty() {
-                return Err(EngineError::Corrupt(format!(
-                    "{id} is shorter than its index entry"
-                )));
-            }
-            at += b.len() as u64;
-            parts.push(b);
-        }
+        let parts = self.content_of(id, &entry, 0, entry.size)?.chunks().await?;
         let mut h = crc32fast::Hasher::new();
         for p in &parts {
             h.update(p);

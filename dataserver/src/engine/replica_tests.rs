@@ -21,10 +21,7 @@ impl ReplicateHook for Recorder {
         Box::pin(async move {
             let mut bytes = Vec::new();
             if let Some(c) = content {
-                let mut at = 0;
-                while at < c.len() {
-                    let b = c.read(at, 64 << 10).await?;
-                    at += b.len() as u64;
+                for b in c.chunks().await? {
                     bytes.extend_from_slice(&b);
                 }
             }

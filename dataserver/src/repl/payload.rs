@@ -52,16 +52,15 @@ impl Payload {
     }
 }
 
+/// The whole content in one buffer (no copy when it is one piece).
 async fn read_all(c: &Content) -> Result<Bytes, EngineError> {
+    let mut parts = c.chunks().await?;
+    if parts.len() <= 1 {
+        return Ok(parts.pop().unwrap_or_default());
+    }
     let mut out = BytesMut::with_capacity(c.len() as usize);
-    let mut at = 0;
-    while at < c.len() {
-        let b = c.read(at, proto::frame::STREAM_CHUNK).await?;
-        if b.is_empty() {
-            return Err(EngineError::Corrupt("content shorter than recorded".into()));
-        }
-        at += b.len() as u64;
-        out.extend_from_slice(&b);
+    for p in parts {
+        out.extend_from_slice(&p);
     }
     Ok(out.freeze())
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tracing::debug;
 
 use super::pull::Puller;
-use super::Replicator;
+use super::{ReplTiming, Replicator};
 use crate::cluster::{Role, SharedView};
 
 /// How long a change waits for earlier versions before copying them.
@@ -73,6 +73,20 @@ pub fn client_reply(rec: &ReplRecord) -> Reply {
     }
 }
 
+/// Answer for version `v` that this server already took: once it is durable.
+async fn already_here(engine: &Engine, v: u64, timing: ReplTiming) -> Result<Reply, WireError> {
+    if engine.wait_durable(v, timing.deadline).await {
+        Ok(Reply::Replicated {
+            data_version: engine.data_version(),
+        })
+    } else {
+        Err(WireError::new(
+            ErrorCode::Timeout,
+            format!("version {v} is not durable yet"),
+        ))
+    }
+}
+
 /// Apply `rec` (its bytes come from `body`) once every earlier version is
 /// here; answer when it is durable.
 pub async fn apply(
@@ -85,18 +99,9 @@ pub async fn apply(
 ) -> Result<Reply, WireError> {
     let timing = repl.timing();
     let epochs = repl.epoch_file();
-    let next = engine.next_version();
-    if rec.version < next {
+    if rec.version < engine.next_version() {
         // Already here (copied by catch-up from the same master).
-        if engine.wait_durable(rec.version, timing.deadline).await {
-            return Ok(Reply::Replicated {
-                data_version: engine.data_version(),
-            });
-        }
-        return Err(WireError::new(
-            ErrorCode::Timeout,
-            format!("version {} is not durable yet", rec.version),
-        ));
+        return already_here(engine, rec.version, timing).await;
     }
     if !engine.wait_turn(rec.version, GAP_PATIENCE).await {
         // Versions this server was not sent (assigned while it turned
@@ -129,12 +134,7 @@ pub async fn apply(
         Ok(_) => {}
         // Copied meanwhile by the gap filler.
         Err(EngineError::Diverged(_)) if engine.next_version() > rec.version => {
-            if !engine.wait_durable(rec.version, timing.deadline).await {
-                return Err(WireError::new(
-                    ErrorCode::Timeout,
-                    format!("version {} is not durable yet", rec.version),
-                ));
-            }
+            return already_here(engine, rec.version, timing).await;
         }
         Err(e) => return Err(wire(e)),
     }
