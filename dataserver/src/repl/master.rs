@@ -377,7 +377,7 @@ impl Replicator {
             Ok(())
         } else {
             Err(unavailable(
-                "the master lease ran out before the change was acknowledged; it may have been applied",
+                "master lease expired before the change was acknowledged; it may have been applied",
             ))
         }
     }
