@@ -106,11 +106,11 @@ impl Client {
     /// Every operation whose body can be sent again is retried this way
     /// (not those streaming from a reader, nor downloads that already wrote
     /// to a caller's writer), appends included: a write resent after a lost
-    /// connection may have been applied already; dataservers are to
-    /// recognise such a resend by `(client_id, seq)` and apply it once.
-    /// Until they remember sequence numbers (a later release), an append
-    /// resent after a lost answer may apply twice, and an upload may leave
-    /// an unreferenced copy.
+    /// connection may have been applied already; dataservers recognise
+    /// such a resend by `(client_id, seq)` and answer it with the first
+    /// attempt's answer (the master and every slave keep the recent
+    /// answers in memory, so this holds across a failover, not across a
+    /// restart of every member).
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), client::ClientError> {
@@ -247,6 +247,7 @@ impl Client {
             Reply::ReplFile { .. } => "repl_file",
             Reply::Activated { .. } => "activated",
             Reply::Files { .. } => "files",
+            Reply::AsyncWanted { .. } => "async_wanted",
         };
         ClientError::Protocol {
             addr: self.inner.router.describe().to_string(),

@@ -54,6 +54,11 @@ pub struct Config {
     /// Interval between heartbeats to the leaders, in ms. Keep it well
     /// below the leaders' `master_lease_ms`. Default 1000.
     pub heartbeat_ms: u64,
+    /// How the group replicates: `sync` (default; FastCFS-style master and
+    /// slaves) or `async` (FastDFS-style: every member takes uploads and
+    /// pushes its own files to the others afterwards). Fixed when the group
+    /// is created: a server joining with another mode is refused.
+    pub replication: proto::cluster::ReplicationMode,
     /// Storage engine settings.
     pub storage: StorageConfig,
     /// Network limits.
@@ -123,6 +128,7 @@ impl Default for Config {
             server_id: 1,
             leaders: Vec::new(),
             heartbeat_ms: 1000,
+            replication: proto::cluster::ReplicationMode::Sync,
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
         }

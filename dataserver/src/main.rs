@@ -53,6 +53,9 @@ struct Args {
     /// Interval between heartbeats to the leaders, in ms (default 1000).
     #[arg(long)]
     heartbeat_ms: Option<u64>,
+    /// Group replication mode: sync (default) or async (FastDFS-style).
+    #[arg(long)]
+    replication: Option<proto::cluster::ReplicationMode>,
     /// Files above this size are stored as single files (e.g. 64MiB).
     #[arg(long, value_parser = parse_size)]
     large_file_threshold: Option<u64>,
@@ -121,6 +124,9 @@ fn build_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.heartbeat_ms {
         cfg.heartbeat_ms = v;
+    }
+    if let Some(v) = args.replication {
+        cfg.replication = v;
     }
     if let Some(v) = args.large_file_threshold {
         cfg.storage.large_file_threshold = v;

@@ -17,6 +17,8 @@ use crate::map::Stats;
 pub struct LiveServer {
     pub last_seen: Instant,
     pub stats: Stats,
+    /// Async mode: the server's reported push delay (ms).
+    pub sync_delay_ms: u64,
 }
 
 /// The leader's in-memory table.
@@ -46,13 +48,22 @@ impl LiveTable {
 
     /// Record a heartbeat (or a join).
     pub fn heard(&mut self, id: ServerId, stats: Stats, now: Instant) {
+        let sync_delay_ms = self.servers.get(&id).map_or(0, |s| s.sync_delay_ms);
         self.servers.insert(
             id,
             LiveServer {
                 last_seen: now,
                 stats,
+                sync_delay_ms,
             },
         );
+    }
+
+    /// Record the push delay a heartbeat reported.
+    pub fn sync_delay(&mut self, id: ServerId, ms: u64) {
+        if let Some(s) = self.servers.get_mut(&id) {
+            s.sync_delay_ms = ms;
+        }
     }
 
     /// When `id` was last heard from; the takeover time if never.

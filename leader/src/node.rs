@@ -320,7 +320,11 @@ impl Node {
             disk_total: hb.disk_total,
         };
         let now = Instant::now();
-        self.live.lock().heard(hb.id, stats, now);
+        {
+            let mut live = self.live.lock();
+            live.heard(hb.id, stats, now);
+            live.sync_delay(hb.id, hb.sync_delay_ms);
+        }
         let mut status = server.status;
         if status == ServerStatus::Offline {
             let cmd = Command::Event {
@@ -520,6 +524,7 @@ impl Node {
                     data_version: s.stats.data_version,
                     disk_free: s.stats.disk_free,
                     disk_total: s.stats.disk_total,
+                    sync_delay_ms: s.sync_delay_ms,
                 })
                 .collect();
             v.sort_by_key(|s| s.id);

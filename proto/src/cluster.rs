@@ -122,6 +122,7 @@ impl std::fmt::Display for ServerStatus {
     Default,
 )]
 #[rkyv(derive(Debug))]
+#[serde(rename_all = "lowercase")]
 #[repr(u8)]
 pub enum ReplicationMode {
     /// FastCFS: the master replicates every write to every ACTIVE slave
@@ -137,6 +138,20 @@ impl ReplicationMode {
         match self {
             ReplicationMode::Sync => "sync",
             ReplicationMode::Async => "async",
+        }
+    }
+}
+
+impl std::str::FromStr for ReplicationMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sync" => Ok(ReplicationMode::Sync),
+            "async" => Ok(ReplicationMode::Async),
+            other => Err(format!(
+                "unknown replication mode {other:?} (expected sync or async)"
+            )),
         }
     }
 }
@@ -363,6 +378,10 @@ pub struct Heartbeat {
     pub data_version: u64,
     pub disk_free: u64,
     pub disk_total: u64,
+    /// Async mode: how far (ms) this server's pushes to its peers are
+    /// behind, the oldest unpushed change's age (0: all pushed; always 0
+    /// in sync mode).
+    pub sync_delay_ms: u64,
 }
 
 /// A leader request.
@@ -463,6 +482,9 @@ pub struct ServerLive {
     pub data_version: u64,
     pub disk_free: u64,
     pub disk_total: u64,
+    /// Async mode: the server's last reported sync delay (see
+    /// [`Heartbeat::sync_delay_ms`]).
+    pub sync_delay_ms: u64,
 }
 
 /// A leader's view, for `chorus status`.

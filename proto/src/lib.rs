@@ -23,4 +23,4 @@ pub use error::{ErrorCode, WireError};
 pub use file_id::{FileId, FileIdError};
 pub use frame::{FrameError, FrameReader, FrameWriter};
 pub use message::*;
-pub use repl::{FileSummary, LogRef, ReplOp, ReplRecord, ReplState};
+pub use repl::{AsyncItem, FileSummary, LogRef, ReplOp, ReplRecord, ReplState};

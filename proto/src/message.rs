@@ -10,7 +10,7 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::error::WireError;
-use crate::repl::{FileSummary, LogRef, ReplRecord, ReplState};
+use crate::repl::{AsyncItem, FileSummary, LogRef, ReplRecord, ReplState};
 
 /// One metadata entry (`key=value`) attached to a file.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -142,6 +142,22 @@ pub enum Request {
         after: String,
         limit: u32,
     },
+    /// Async mode, source → peer: changes of the source's own files the
+    /// peer may lack; answered with [`Reply::AsyncWanted`].
+    AsyncOffer {
+        source: u64,
+        items: Vec<AsyncItem>,
+    },
+    /// Async mode, source → peer: one of the source's own files, to take
+    /// at the peer's next data version; `rec.body_len` bytes of `Data`
+    /// frames follow (the file's whole content for `Install`).
+    AsyncPush {
+        source: u64,
+        rec: ReplRecord,
+        /// When the source applied the change (µs since the epoch), for
+        /// the replica-lag figures.
+        source_time_us: u64,
+    },
 }
 
 impl Request {
@@ -164,6 +180,8 @@ impl Request {
             Request::ReplFetch { .. } => "repl_fetch",
             Request::ReplReady { .. } => "repl_ready",
             Request::ListFiles { .. } => "list_files",
+            Request::AsyncOffer { .. } => "async_offer",
+            Request::AsyncPush { .. } => "async_push",
         }
     }
 
@@ -173,7 +191,7 @@ impl Request {
             Request::Upload { size, .. }
             | Request::Append { size, .. }
             | Request::Modify { size, .. } => Some(*size),
-            Request::Replicate(r) => Some(r.body_len),
+            Request::Replicate(r) | Request::AsyncPush { rec: r, .. } => Some(r.body_len),
             _ => None,
         }
     }
@@ -191,8 +209,9 @@ impl Request {
             | Request::GetMeta { file_id }
             | Request::Exists { file_id }
             | Request::ReplFetch { file_id } => Some(file_id),
-            Request::Replicate(r) => Some(&r.file_id),
+            Request::Replicate(r) | Request::AsyncPush { rec: r, .. } => Some(&r.file_id),
             Request::Ping
+            | Request::AsyncOffer { .. }
             | Request::Upload { .. }
             | Request::ReplLog { .. }
             | Request::ReplReady { .. }
@@ -262,6 +281,11 @@ pub enum Reply {
     /// Answer to `ReplReady`: the slave is ACTIVE in the map.
     Activated {
         map_version: u64,
+    },
+    /// Answer to `AsyncOffer`: one flag per offered item, true when the
+    /// peer wants it pushed.
+    AsyncWanted {
+        want: Vec<bool>,
     },
     Files {
         files: Vec<FileSummary>,

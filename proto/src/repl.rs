@@ -17,6 +17,16 @@
 //!   slave has every version it assigned and asks the leaders.
 //! * **Listing** ([`crate::Request::ListFiles`]): every file with its size,
 //!   crc32 and version, in id order, for `chorus verify`.
+//!
+//! Async mode (FastDFS) uses two more:
+//!
+//! * **Offer** ([`crate::Request::AsyncOffer`]): a source server lists, in
+//!   binlog order, its own files' changes (upper-case records) past its
+//!   mark for a peer; the peer answers which it lacks.
+//! * **Push** ([`crate::Request::AsyncPush`]): the wanted ones, each as the
+//!   file's current state and content (`Install`) or a `Delete`; the peer
+//!   takes it at its own next data version as a lower-case record, which is
+//!   never pushed again (nothing loops).
 
 use rkyv::{Archive, Deserialize, Serialize};
 
@@ -115,4 +125,14 @@ pub struct FileSummary {
     pub size: u64,
     pub crc32: u32,
     pub version: u64,
+}
+
+/// One change a source server offers a peer in async mode.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct AsyncItem {
+    pub file_id: String,
+    /// The file's version after the change (set by its source server).
+    pub file_version: u64,
+    pub delete: bool,
 }

@@ -546,6 +546,7 @@ mod tests {
                 data_version: 50,
                 disk_free: 7,
                 disk_total: 9,
+                sync_delay_ms: 0,
             },
             ServerLive {
                 id: 2,
@@ -553,6 +554,7 @@ mod tests {
                 data_version: 48,
                 disk_free: 7,
                 disk_total: 9,
+                sync_delay_ms: 0,
             },
         ];
         let statuses = vec![

@@ -25,6 +25,11 @@ pub struct AgentConfig {
     pub advertise: String,
     pub leaders: Vec<String>,
     pub heartbeat: Duration,
+    /// The group's replication mode this server joins with.
+    pub mode: ReplicationMode,
+    /// Async mode: the push delay (ms) reported with every heartbeat,
+    /// kept up to date by the pushers.
+    pub sync_delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Timeouts for leader calls: short, so one stuck leader never holds a
@@ -141,7 +146,7 @@ async fn join(
             id: cfg.id,
             addr: cfg.advertise.clone(),
             group: cfg.group.clone(),
-            mode: ReplicationMode::Sync,
+            mode: cfg.mode,
             data_version: engine.data_version(),
             disk_free,
             disk_total,
@@ -237,6 +242,7 @@ async fn heartbeats(
             data_version: engine.data_version(),
             disk_free,
             disk_total,
+            sync_delay_ms: cfg.sync_delay_ms.load(std::sync::atomic::Ordering::Relaxed),
         };
         let sent_at = Instant::now();
         match client.heartbeat(hb).await {

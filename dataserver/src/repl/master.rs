@@ -47,6 +47,10 @@ pub struct Replicator {
     pool: Mutex<HashMap<String, Vec<PeerConn>>>,
     /// One copier from the master at a time (catch-up or gap filling).
     pull: tokio::sync::Mutex<()>,
+    /// Held (shared) by every change applied as a slave, exclusively by
+    /// [`Replicator::start_epoch`]: a new master starts its epoch only once
+    /// no change of the old epoch is still being applied here.
+    applying: tokio::sync::RwLock<()>,
     dedup: Arc<Dedup>,
 }
 
@@ -77,6 +81,7 @@ impl Replicator {
             activating: Mutex::new(HashSet::new()),
             pool: Mutex::new(HashMap::new()),
             pull: tokio::sync::Mutex::new(()),
+            applying: tokio::sync::RwLock::new(()),
             dedup,
         })
     }
@@ -87,6 +92,22 @@ impl Replicator {
 
     pub fn pull_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.pull
+    }
+
+    pub fn dedup(&self) -> &Dedup {
+        &self.dedup
+    }
+
+    /// Permission to apply a change of `epoch` as a slave: held while it is
+    /// applied (and its answer recorded), refused once this server is no
+    /// longer a slave at that epoch.
+    pub async fn slave_apply(
+        &self,
+        epoch: u64,
+    ) -> Result<tokio::sync::RwLockReadGuard<'_, ()>, WireError> {
+        let guard = self.applying.read().await;
+        slave::admit(&self.view, epoch)?;
+        Ok(guard)
     }
 
     pub fn leaders(&self) -> &LeaderClient {
@@ -167,10 +188,16 @@ impl Replicator {
         if self.ready_epoch.load(Ordering::Acquire) == epoch {
             return Ok(());
         }
+        // The role is master already, so no slave apply starts from here
+        // on; wait for those in progress (a change of the old epoch applied
+        // after the start would take a version this epoch hands out, and a
+        // retry of it could run before its answer was recorded).
+        let quiet = self.applying.write().await;
         let last = engine.next_version() - 1;
         if !engine.wait_durable(last, Duration::from_secs(5)).await {
             return Err(format!("versions up to {last} did not become durable"));
         }
+        drop(quiet);
         self.epoch
             .observe(epoch)
             .map_err(|e| format!("recording epoch {epoch}: {e}"))?;

@@ -162,6 +162,14 @@ impl<'a> Puller<'a> {
                 r.version
             ));
         }
+        let _applying = self
+            .repl
+            .slave_apply(self.epoch)
+            .await
+            .map_err(|e| format!("version {}: {e}", r.version))?;
+        if self.engine.next_version() > r.version {
+            return Ok(false);
+        }
         self.repl
             .epoch_file()
             .observe(self.epoch)

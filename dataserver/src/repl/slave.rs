@@ -88,7 +88,9 @@ async fn already_here(engine: &Engine, v: u64, timing: ReplTiming) -> Result<Rep
 }
 
 /// Apply `rec` (its bytes come from `body`) once every earlier version is
-/// here; answer when it is durable.
+/// here; answer when it is durable. The client's answer is recorded for
+/// retries before the slave's permission to apply ends, so a server
+/// promoted meanwhile knows it before it takes the retry.
 pub async fn apply(
     engine: &Engine,
     repl: &Replicator,
@@ -98,12 +100,7 @@ pub async fn apply(
     body: &mut impl Body,
 ) -> Result<Reply, WireError> {
     let timing = repl.timing();
-    let epochs = repl.epoch_file();
-    if rec.version < engine.next_version() {
-        // Already here (copied by catch-up from the same master).
-        return already_here(engine, rec.version, timing).await;
-    }
-    if !engine.wait_turn(rec.version, GAP_PATIENCE).await {
+    if rec.version >= engine.next_version() && !engine.wait_turn(rec.version, GAP_PATIENCE).await {
         // Versions this server was not sent (assigned while it turned
         // ONLINE): copy them from the master, one copier at a time.
         if let Ok(_one) = repl.pull_lock().try_lock() {
@@ -116,29 +113,39 @@ pub async fn apply(
                 }
             }
         }
-    }
-    if !engine.wait_turn(rec.version, timing.gap_wait).await {
-        return Err(WireError::new(
-            ErrorCode::Unavailable,
-            format!(
-                "versions before {} did not arrive (next here is {})",
-                rec.version,
-                engine.next_version()
-            ),
-        ));
-    }
-    epochs
-        .observe(epoch)
-        .map_err(|e| WireError::new(ErrorCode::Io, format!("recording epoch {epoch}: {e}")))?;
-    match engine.apply_replicated(rec, body).await {
-        Ok(_) => {}
-        // Copied meanwhile by the gap filler.
-        Err(EngineError::Diverged(_)) if engine.next_version() > rec.version => {
-            return already_here(engine, rec.version, timing).await;
+        if !engine.wait_turn(rec.version, timing.gap_wait).await {
+            return Err(WireError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "versions before {} did not arrive (next here is {})",
+                    rec.version,
+                    engine.next_version()
+                ),
+            ));
         }
-        Err(e) => return Err(wire(e)),
     }
-    Ok(Reply::Replicated {
-        data_version: engine.data_version(),
-    })
+    let _applying = repl.slave_apply(epoch).await?;
+    let r = if rec.version < engine.next_version() {
+        // Already here (copied by catch-up from the same master).
+        already_here(engine, rec.version, timing).await
+    } else {
+        repl.epoch_file()
+            .observe(epoch)
+            .map_err(|e| WireError::new(ErrorCode::Io, format!("recording epoch {epoch}: {e}")))?;
+        match engine.apply_replicated(rec, body).await {
+            Ok(_) => Ok(Reply::Replicated {
+                data_version: engine.data_version(),
+            }),
+            // Copied meanwhile by the gap filler.
+            Err(EngineError::Diverged(_)) if engine.next_version() > rec.version => {
+                already_here(engine, rec.version, timing).await
+            }
+            Err(e) => Err(wire(e)),
+        }
+    };
+    if r.is_ok() && rec.client_id != 0 && rec.seq != 0 {
+        repl.dedup()
+            .record(rec.client_id, rec.seq, client_reply(rec));
+    }
+    r
 }

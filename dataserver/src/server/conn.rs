@@ -391,12 +391,7 @@ async fn run_with_body<R: AsyncRead + Unpin + Send>(
                     "this server is not in a cluster",
                 ));
             };
-            let r = slave::apply(&ctx.engine, repl, &ctx.cluster, epoch, &rec, body).await;
-            if r.is_ok() && rec.client_id != 0 && rec.seq != 0 {
-                ctx.dedup
-                    .record(rec.client_id, rec.seq, slave::client_reply(&rec));
-            }
-            r
+            slave::apply(&ctx.engine, repl, &ctx.cluster, epoch, &rec, body).await
         }
         Request::Upload {
             size,

@@ -105,6 +105,8 @@ impl Server {
                 advertise: advertise.to_string(),
                 leaders: cfg.leaders.clone(),
                 heartbeat: Duration::from_millis(cfg.heartbeat_ms),
+                mode: cfg.replication,
+                sync_delay_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             };
             (ClusterView::joining(id, cfg.group.clone()), Some(agent))
         } else {

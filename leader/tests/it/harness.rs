@@ -147,6 +147,7 @@ impl FakeServer {
                     data_version: dv.load(Ordering::Relaxed),
                     disk_free: 1 << 30,
                     disk_total: 1 << 31,
+                    sync_delay_ms: 0,
                 };
                 if let Ok(ack) = client.heartbeat(hb).await {
                     a.lock().push(ack);

@@ -403,6 +403,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
             data_version: 0,
             disk_free: 0,
             disk_total: 0,
+            sync_delay_ms: 0,
         };
         assert_eq!(code(client.heartbeat(hb).await), Some(ErrorCode::NotFound));
 
@@ -474,6 +475,7 @@ async fn failover_and_remove() {
             data_version: 0,
             disk_free: 0,
             disk_total: 0,
+            sync_delay_ms: 0,
         };
         let e = client.heartbeat(hb).await.unwrap_err();
         assert_eq!(e.code(), Some(ErrorCode::BadRequest));
