@@ -6,8 +6,8 @@
 //! applying the same log on every leader gives the same map.
 
 use proto::cluster::{
-    ClusterMap, EpochStart, GroupInfo, JoinRequest, ServerId, ServerInfo, ServerStatus,
-    EPOCH_HISTORY,
+    ClusterMap, EpochStart, GroupInfo, JoinRequest, ReplicationMode, ServerId, ServerInfo,
+    ServerStatus, EPOCH_HISTORY,
 };
 use serde::{Deserialize, Serialize};
 
@@ -289,7 +289,7 @@ fn join(
                     req.id, old.addr, old.status
                 )));
             }
-            let is_master = map.group(&old.group).and_then(|g| g.master) == Some(req.id);
+            let is_master = resumes_at_once(map, &old.group, req.id);
             let to = transition(Some(old.status), StatusEvent::Restarted { is_master })
                 .map_err(|e| bad(e.to_string()))?;
             let s = map
@@ -337,7 +337,11 @@ fn join(
             .map_err(|e| bad(e.to_string()))?;
             let pos = group.members.binary_search(&req.id).unwrap_or_else(|p| p);
             group.members.insert(pos, req.id);
-            if group.master.is_none() && status == ServerStatus::Active {
+            // Async groups have no master: every member is its own files' source.
+            if group.master.is_none()
+                && status == ServerStatus::Active
+                && group.mode == ReplicationMode::Sync
+            {
                 group.master = Some(req.id);
                 group.epoch += 1;
                 push_epoch(group, stats.data_version);
@@ -359,6 +363,15 @@ fn join(
             Ok(Applied::Server(info))
         }
     }
+}
+
+/// May server `id` of `group` serve at once when it comes back? The sync
+/// group's master (nobody else can have taken writes since it left), and
+/// every member of an async group (its own files are authoritative; its
+/// peers resume pushing from their marks).
+fn resumes_at_once(map: &ClusterMap, group: &str, id: ServerId) -> bool {
+    map.group(group)
+        .is_some_and(|g| g.master == Some(id) || g.mode == ReplicationMode::Async)
 }
 
 fn set_status(s: &mut ServerInfo, to: ServerStatus, at_ms: u64) {
@@ -387,8 +400,16 @@ fn server_event(
     // The master flag of `Returned` is decided here, from the map itself.
     let event = match event {
         StatusEvent::Returned { .. } => StatusEvent::Returned {
-            is_master: map.group(&server.group).and_then(|g| g.master) == Some(id),
+            is_master: resumes_at_once(map, &server.group, id),
         },
+        StatusEvent::Progress {
+            reached: ServerStatus::Active,
+            ..
+        } if map.group(&server.group).map(|g| g.mode) != Some(ReplicationMode::Async) => {
+            return Err(bad(format!(
+                "server {id}: only a member of an async group reports itself ACTIVE; in a sync group the master activates it"
+            )))
+        }
         StatusEvent::Joined { .. } | StatusEvent::Removed => {
             return Err(bad(format!("{event:?} is not a server event")))
         }
@@ -515,6 +536,11 @@ fn set_master(
     let Some(g) = map.group(group) else {
         return Err(not_found(format!("no group {group:?}")));
     };
+    if g.mode == ReplicationMode::Async {
+        return Err(bad(format!(
+            "group {group} replicates async: it has no master (every member takes uploads)"
+        )));
+    }
     if g.epoch != expected_epoch {
         return Err(bad(format!(
             "group {group} moved on (epoch {} now, {expected_epoch} expected); retry",
@@ -575,7 +601,6 @@ pub fn best_candidate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::cluster::ReplicationMode;
 
     fn join_req(id: ServerId, group: &str, port: u16) -> JoinRequest {
         JoinRequest {
@@ -628,6 +653,74 @@ mod tests {
 
     fn status(map: &ClusterMap, id: ServerId) -> ServerStatus {
         map.server(id).map(|s| s.status).unwrap()
+    }
+
+    fn join_async(map: &mut ClusterMap, id: ServerId) -> Result<Applied, Refused> {
+        let mut req = join_req(id, "a1", 9100 + id as u16);
+        req.mode = ReplicationMode::Async;
+        apply(
+            map,
+            &Command::Join {
+                req,
+                master_lease_ms: 3000,
+                at_ms: 1,
+            },
+        )
+    }
+
+    fn progress(reached: ServerStatus) -> StatusEvent {
+        StatusEvent::Progress {
+            reached,
+            caught_up: true,
+        }
+    }
+
+    #[test]
+    fn async_groups_have_no_master_and_members_resume_at_once() {
+        let mut m = ClusterMap::default();
+        join_async(&mut m, 1).unwrap();
+        join_async(&mut m, 2).unwrap();
+        let g = m.group("a1").unwrap();
+        assert_eq!((g.master, g.epoch), (None, 0));
+        assert_eq!(status(&m, 1), ServerStatus::Active);
+        assert_eq!(status(&m, 2), ServerStatus::WaitSync);
+        // The new member copies, then reports itself ACTIVE.
+        event(&mut m, 2, progress(ServerStatus::Syncing)).unwrap();
+        event(&mut m, 2, progress(ServerStatus::Active)).unwrap();
+        assert_eq!(status(&m, 2), ServerStatus::Active);
+        // Silent, then back: ACTIVE again at once; a restart keeps it ACTIVE.
+        event(&mut m, 1, StatusEvent::TimedOut).unwrap();
+        assert_eq!(status(&m, 1), ServerStatus::Offline);
+        event(&mut m, 1, StatusEvent::Returned { is_master: false }).unwrap();
+        assert_eq!(status(&m, 1), ServerStatus::Active);
+        join_async(&mut m, 1).unwrap();
+        assert_eq!(status(&m, 1), ServerStatus::Active);
+        // Nobody can be made master.
+        let before = m.clone();
+        let cmd = Command::SetMaster {
+            group: "a1".into(),
+            to: 1,
+            expected_epoch: 0,
+            start_version: 0,
+            at_ms: 4,
+        };
+        assert!(apply(&mut m, &cmd).is_err());
+        assert_eq!(m, before);
+    }
+
+    #[test]
+    fn only_async_members_report_themselves_active() {
+        let mut m = ClusterMap::default();
+        join(&mut m, 1, "g1").unwrap();
+        join(&mut m, 2, "g1").unwrap();
+        event(&mut m, 2, progress(ServerStatus::Syncing)).unwrap();
+        let before = m.clone();
+        assert!(event(&mut m, 2, progress(ServerStatus::Active)).is_err());
+        assert_eq!(m, before);
+        // An async member may not skip the copy either.
+        join_async(&mut m, 3).unwrap();
+        join_async(&mut m, 4).unwrap();
+        assert!(event(&mut m, 4, progress(ServerStatus::Active)).is_err());
     }
 
     #[test]

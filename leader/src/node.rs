@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use proto::cluster::{
     ClusterMap, GroupInfo, Heartbeat, HeartbeatAck, JoinRequest, LeaderError, LeaderPeer,
-    LeaderReply, LeaderRequest, LeaderStatus, ServerId, ServerLive, ServerStatus,
+    LeaderReply, LeaderRequest, LeaderStatus, ReplicationMode, ServerId, ServerLive, ServerStatus,
 };
 use proto::ErrorCode;
 
@@ -606,6 +606,7 @@ impl Node {
         let lost: Vec<&GroupInfo> = map
             .groups
             .iter()
+            .filter(|g| g.mode == ReplicationMode::Sync)
             .filter(|g| {
                 g.master
                     .and_then(|m| map.server(m))

@@ -4,8 +4,9 @@
 //! |------------------------------|-----------------------------------------|-------------|
 //! | (new) / DELETED              | `Joined`, group has no other member     | ACTIVE      |
 //! | (new) / DELETED              | `Joined`, group has other members       | WAIT_SYNC   |
-//! | OFFLINE                      | `Returned`, still the group's master    | ACTIVE      |
-//! | OFFLINE                      | `Returned`, not the master              | RECOVERING  |
+//! | OFFLINE                      | `Returned`, still the group's master,   | ACTIVE      |
+//! |                              | or a member of an async group           |             |
+//! | OFFLINE                      | `Returned`, otherwise                   | RECOVERING  |
 //! | any other alive status       | `Returned` (a heartbeat)                | unchanged   |
 //! | RECOVERING, ONLINE, ACTIVE   | `Restarted`, not the master (rejoined   | RECOVERING  |
 //! |                              | within the timeout: its replication     |             |
@@ -15,6 +16,8 @@
 //! | INIT                         | `Progress(WAIT_SYNC)`                   | WAIT_SYNC   |
 //! | WAIT_SYNC                    | `Progress(SYNCING)`                     | SYNCING     |
 //! | SYNCING, RECOVERING          | `Progress(ONLINE)`                      | ONLINE      |
+//! | SYNCING                      | `Progress(ACTIVE)`: async groups only   | ACTIVE      |
+//! |                              | (the full copy is done; no master)      |             |
 //! | ONLINE                       | `Activated` (the master vouches that it | ACTIVE      |
 //! |                              | has every version and gets every write) |             |
 //! | any alive status             | `TimedOut`                              | OFFLINE     |
@@ -122,6 +125,12 @@ pub fn transition(
                 reached: Online, ..
             },
         ) => Online,
+        (
+            Some(Syncing),
+            StatusEvent::Progress {
+                reached: Active, ..
+            },
+        ) => Active,
         (Some(Online), StatusEvent::Activated) => Active,
         (Some(s), StatusEvent::TimedOut) if s.is_alive() => Offline,
         (Some(Active | Online), StatusEvent::Dropped) => Offline,
