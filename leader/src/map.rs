@@ -181,8 +181,8 @@ pub fn apply(map: &mut ClusterMap, cmd: &Command) -> Result<Applied, Refused> {
             to,
             expected_epoch,
             start_version,
-            ..
-        } => set_master(map, group, *to, *expected_epoch, *start_version),
+            at_ms,
+        } => set_master(map, group, *to, *expected_epoch, *start_version, *at_ms),
         Command::EpochStarted {
             group,
             master,
@@ -532,6 +532,7 @@ fn set_master(
     to: ServerId,
     expected_epoch: u64,
     start_version: u64,
+    at_ms: u64,
 ) -> Result<Applied, Refused> {
     let Some(g) = map.group(group) else {
         return Err(not_found(format!("no group {group:?}")));
@@ -572,7 +573,7 @@ fn set_master(
     for id in g.members.iter().filter(|id| **id != to) {
         if let Some(s) = map.server_mut(*id) {
             if let Ok(next) = transition(Some(s.status), StatusEvent::NewMaster) {
-                s.status = next;
+                set_status(s, next, at_ms);
             }
         }
     }
