@@ -16,6 +16,8 @@
 //! | `Slave`, group has no master      | ok              | `unavailable` "group G has no master"         |
 //! | `Joining` (not in the map yet)    | ok              | `unavailable` "not joined to the cluster yet" |
 //! | `Removed` (DELETED in the map)    | ok              | `unavailable` "removed from the cluster"      |
+//! | `Peer` (async group, ACTIVE)      | ok              | ok (mutations: per file, `repl::push::gate`)  |
+//! | `PeerWaiting` (async, not ACTIVE) | ok              | `unavailable` "... not ACTIVE ..."            |
 //!
 //! A request epoch of 0 is not checked; neither is an epoch while the
 //! server knows none (`Joining`, `Removed`). Requests the gate lets through
@@ -25,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use proto::cluster::{ClusterMap, ServerId, ServerStatus};
+use proto::cluster::{ClusterMap, ReplicationMode, ServerId, ServerStatus};
 use proto::{ErrorCode, Request, WireError};
 
 /// A master lease granted by the leaders for one epoch of the group.
@@ -64,6 +66,12 @@ pub enum Role {
     },
     /// An operator removed this server (DELETED in the map).
     Removed,
+    /// An ACTIVE member of an async group: takes uploads, serves reads of
+    /// anything it has, and changes only the files it is the source of.
+    Peer,
+    /// A member of an async group that is not ACTIVE (copying, or marked
+    /// OFFLINE): serves no clients.
+    PeerWaiting { status: ServerStatus },
 }
 
 impl Role {
@@ -75,6 +83,8 @@ impl Role {
             Role::Master { .. } => "master",
             Role::Slave { .. } => "slave",
             Role::Removed => "removed",
+            Role::Peer => "peer",
+            Role::PeerWaiting { .. } => "peer (not active)",
         }
     }
 
@@ -110,6 +120,12 @@ pub fn derive_role(
     let Some(g) = map.group(group) else {
         return Role::Joining;
     };
+    if g.mode == ReplicationMode::Async {
+        return match me.status {
+            ServerStatus::Active => Role::Peer,
+            status => Role::PeerWaiting { status },
+        };
+    }
     if g.master == Some(id) {
         Role::Master {
             epoch: g.epoch,
@@ -196,6 +212,15 @@ pub fn admit(
         Role::Removed => Err(WireError::new(
             ErrorCode::Unavailable,
             "this server was removed from the cluster",
+        )),
+        // Which files a peer may change is decided per file (see
+        // `repl::push::gate`).
+        Role::Peer => Ok(()),
+        Role::PeerWaiting { status } => Err(WireError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "this member of async group {group} is {status}, not ACTIVE: it serves no clients yet"
+            ),
         )),
     }
 }

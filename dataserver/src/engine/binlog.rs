@@ -417,6 +417,18 @@ pub(crate) struct Binlog {
     unsettled: Arc<Mutex<BTreeSet<u64>>>,
     /// The last version handed out (for replicas waiting their turn).
     assigned: tokio::sync::watch::Sender<u64>,
+    /// [`Self::safe_version`], raised whenever a version is applied (async
+    /// pushers wake on it).
+    published: tokio::sync::watch::Sender<u64>,
+}
+
+/// Where a binlog reader stopped: just after the record of `version`,
+/// which ends at byte `offset` of the segment starting at `segment`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPos {
+    pub version: u64,
+    pub segment: u64,
+    pub offset: u64,
 }
 
 /// Outcome of [`Binlog::append_paired`].
@@ -473,6 +485,7 @@ impl Binlog {
             durable: AtomicU64::new(next.saturating_sub(1)),
             unsettled: Arc::new(Mutex::new(BTreeSet::new())),
             assigned: tokio::sync::watch::Sender::new(next.saturating_sub(1)),
+            published: tokio::sync::watch::Sender::new(next.saturating_sub(1)),
         })
     }
 
@@ -585,7 +598,22 @@ impl Binlog {
 
     /// The index reflects version `v` (or its op gave up).
     pub fn applied(&self, v: u64) {
-        self.st.lock().pending.remove(&v);
+        let mut st = self.st.lock();
+        st.pending.remove(&v);
+        let safe = match st.pending.first() {
+            Some(&p) => p - 1,
+            None => st.next - 1,
+        };
+        self.published.send_if_modified(|s| {
+            let raised = safe > *s;
+            *s = (*s).max(safe);
+            raised
+        });
+    }
+
+    /// Watch [`Self::safe_version`] rise.
+    pub fn published(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// Every version up to the returned one is applied to the index.
@@ -632,6 +660,80 @@ impl Binlog {
             }
         }
         Ok(out)
+    }
+}
+
+impl Binlog {
+    /// Like [`Self::records_since`] (but only up to version `upto`), reading
+    /// on from `hint` (where an earlier call stopped) instead of from the
+    /// start of the segment, when `hint` is for version `after`. Returns the records and where
+    /// this call stopped (`None` when it returned nothing).
+    pub fn records_after(
+        &self,
+        after: u64,
+        upto: u64,
+        max: usize,
+        hint: Option<LogPos>,
+    ) -> io::Result<(Vec<BinlogRecord>, Option<LogPos>)> {
+        let durable = self.durable_version().min(upto);
+        let segs = segments(&self.dir)?;
+        let start = segs
+            .iter()
+            .rposition(|(first, _)| *first <= after + 1)
+            .unwrap_or(0);
+        let mut out = Vec::new();
+        let mut pos = None;
+        for (i, (first, path)) in segs.iter().enumerate().skip(start) {
+            let from = match hint {
+                Some(h) if i == start && h.version == after && h.segment == *first => h.offset,
+                _ => 0,
+            };
+            let buf = read_from(path, from)?;
+            let (recs, _) = parse(&buf, 0);
+            for mut r in recs {
+                r.at += from;
+                if r.version > durable || out.len() >= max {
+                    return Ok((out, pos));
+                }
+                if r.version > after {
+                    pos = Some(LogPos {
+                        version: r.version,
+                        segment: *first,
+                        offset: r.at + r.raw.len() as u64,
+                    });
+                    out.push(r);
+                }
+            }
+        }
+        Ok((out, pos))
+    }
+}
+
+/// The bytes of `path` from `offset` to its end.
+fn read_from(path: &Path, offset: u64) -> io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+impl BinlogRecord {
+    /// Whether this server originated the change (upper case, not void):
+    /// only those are pushed to async peers.
+    pub fn is_local(&self) -> bool {
+        self.op.is_ascii_uppercase() && self.op != op::VOID
+    }
+
+    /// Whether the record deletes its file.
+    pub fn is_delete(&self) -> bool {
+        self.op.to_ascii_uppercase() == op::DELETE
+    }
+
+    /// The file's modify time after the change (µs), when it has a state.
+    pub fn time_us(&self) -> Option<u64> {
+        self.state.as_ref().map(|s| s.modify_us)
     }
 }
 

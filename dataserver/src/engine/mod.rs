@@ -28,12 +28,15 @@ mod error;
 mod index;
 mod lanes;
 mod listing;
+mod pushed;
 mod read;
 mod recovery;
 mod replica;
 mod space;
 mod write;
 
+#[cfg(test)]
+mod pushed_tests;
 #[cfg(test)]
 mod replica_tests;
 #[cfg(test)]
@@ -48,8 +51,9 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use proto::{FileId, FileStat, MetaEntry, MetaMode};
 
-pub use binlog::{op as binlog_op, BinlogRecord};
+pub use binlog::{op as binlog_op, BinlogRecord, LogPos};
 pub use error::EngineError;
+pub use pushed::{PushOutcome, Snapshot};
 pub use replica::{Content, HookFuture, ReplicateHook};
 
 use replica::Origin;

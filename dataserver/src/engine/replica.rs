@@ -17,6 +17,7 @@
 use std::fs::File;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -35,13 +36,17 @@ pub(crate) enum Origin<'a> {
     Local { client: (u64, u64) },
     /// A change the master assigned `rec.version`.
     Replica(&'a ReplRecord),
+    /// Async mode: a peer's own file, pushed here; it takes this server's
+    /// next data version (noted in the atomic when handed out) but keeps
+    /// the source's file version.
+    Pushed(&'a ReplRecord, &'a AtomicU64),
 }
 
 impl Origin<'_> {
     /// The data version the binlog must hand out (replicas only).
     pub fn expect(&self) -> Option<u64> {
         match self {
-            Origin::Local { .. } => None,
+            Origin::Local { .. } | Origin::Pushed(..) => None,
             Origin::Replica(r) => Some(r.version),
         }
     }
@@ -50,7 +55,26 @@ impl Origin<'_> {
     pub fn file_version(&self, v: u64) -> u64 {
         match self {
             Origin::Local { .. } => v,
-            Origin::Replica(r) => r.file_version,
+            Origin::Replica(r) | Origin::Pushed(r, _) => r.file_version,
+        }
+    }
+
+    /// Note the data version the binlog handed out for this change.
+    pub fn took(&self, v: u64) {
+        if let Origin::Pushed(_, at) = self {
+            at.store(v, Ordering::Release);
+        }
+    }
+
+    /// The data version the change took here, given the version recorded
+    /// in its entry (the file version): a local change's are the same; a
+    /// replicated change took the master's; a pushed one what [`Self::took`]
+    /// noted.
+    pub fn data_version(&self, entry_version: u64) -> u64 {
+        match self {
+            Origin::Local { .. } => entry_version,
+            Origin::Replica(r) => r.version,
+            Origin::Pushed(_, at) => at.load(Ordering::Acquire),
         }
     }
 
@@ -58,7 +82,7 @@ impl Origin<'_> {
     pub fn op_code(&self, op: u8) -> u8 {
         match self {
             Origin::Local { .. } => op,
-            Origin::Replica(_) => op.to_ascii_lowercase(),
+            Origin::Replica(_) | Origin::Pushed(..) => op.to_ascii_lowercase(),
         }
     }
 }
@@ -79,6 +103,8 @@ pub struct Content {
     file: Arc<File>,
     base: u64,
     len: u64,
+    /// A small file's extent stays reserved while its bytes are read.
+    _extent: Option<Arc<super::space::Extent>>,
 }
 
 impl Content {
@@ -149,7 +175,7 @@ impl Engine {
         entry: &mut Entry,
         origin: Origin<'_>,
     ) -> Result<(), EngineError> {
-        let Origin::Replica(rec) = origin else {
+        let (Origin::Replica(rec) | Origin::Pushed(rec, _)) = origin else {
             return Ok(());
         };
         let Some(st) = &rec.state else {
@@ -188,6 +214,7 @@ impl Engine {
                     file,
                     base: rec + HEADER_LEN + offset,
                     len,
+                    _extent: entry.extent.clone(),
                 })
             }
             Loc::Large { .. } => {
@@ -197,6 +224,7 @@ impl Engine {
                     file: Arc::new(file),
                     base: offset,
                     len,
+                    _extent: None,
                 })
             }
         }
@@ -352,9 +380,10 @@ impl Engine {
     ) -> Result<FileStat, EngineError> {
         let res = match origin {
             Origin::Local { client } => self.replicate_local(client, change, id, &entry).await,
-            Origin::Replica(_) => Ok(()),
+            Origin::Replica(_) | Origin::Pushed(..) => Ok(()),
         };
-        let stat = self.publish(id, entry);
+        let v = origin.data_version(entry.version);
+        let stat = self.publish(id, entry, v);
         res.map(|()| stat)
     }
 

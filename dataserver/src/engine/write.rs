@@ -341,6 +341,7 @@ impl Engine {
         let res = self
             .binlog
             .append(origin.expect(), |v, committed| {
+                origin.took(v);
                 entry.version = origin.file_version(v);
                 binlog::encode_committed(
                     v,
@@ -371,9 +372,10 @@ impl Engine {
     }
 
     /// Make a logged change visible.
-    pub(crate) fn publish(&self, id: &FileId, entry: Entry) -> FileStat {
+    /// `v` is the data version the change took (for a pushed or replicated
+    /// change not the entry's version, which is the file's).
+    pub(crate) fn publish(&self, id: &FileId, entry: Entry, v: u64) -> FileStat {
         let stat = entry.stat(id);
-        let v = entry.version;
         let old = self.index.write().insert(id.clone(), entry);
         drop(old);
         self.binlog.applied(v);
@@ -436,6 +438,7 @@ impl Engine {
             .append_paired(
                 origin.expect(),
                 |v, committed| {
+                    origin.took(v);
                     entry.version = origin.file_version(v);
                     binlog::encode_committed(
                         v,
@@ -499,6 +502,20 @@ impl Engine {
         origin: Origin<'_>,
     ) -> Result<FileStat, EngineError> {
         let _lane = self.lanes.lock(id).await;
+        self.upload_as_in_lane(id, size, meta, appender, body, origin)
+            .await
+    }
+
+    /// [`Self::do_upload_as`] for a caller holding the file's lane.
+    pub(crate) async fn upload_as_in_lane(
+        &self,
+        id: &FileId,
+        size: u64,
+        meta: Vec<MetaEntry>,
+        appender: bool,
+        body: &mut impl Body,
+        origin: Origin<'_>,
+    ) -> Result<FileStat, EngineError> {
         let old = self.index.read().get(id).cloned();
         let stat = self
             .upload_inner(Some(id), size, id.ext(), meta, appender, body, origin)
@@ -583,6 +600,14 @@ impl Engine {
             }
         };
         let id = name(crc)?;
+        // A replicated or pushed file must match its source before it
+        // replaces anything here.
+        let mut probe = entry.clone();
+        probe.crc32 = crc;
+        if let Err(e) = self.conform(&id, &mut probe, origin) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         let path = store.large_path(&id);
         if let Err(e) = self.install(store, &tmp, &path).await {
             let _ = std::fs::remove_file(&tmp);
@@ -787,6 +812,16 @@ impl Engine {
         self.check_id(id)?;
         let _g = self.gate.read().await;
         let _lane = self.lanes.lock(id).await;
+        self.delete_in_lane(id, if_version, origin).await
+    }
+
+    /// [`Self::do_delete`] for a caller holding the gate and the file's lane.
+    pub(crate) async fn delete_in_lane(
+        &self,
+        id: &FileId,
+        if_version: Option<u64>,
+        origin: Origin<'_>,
+    ) -> Result<u64, EngineError> {
         let e = self.mutable_entry(id, if_version)?;
         let ids = id.to_string();
         let code = origin.op_code(op::DELETE);
@@ -811,7 +846,7 @@ impl Engine {
                 };
                 self.replicate_local(client, change, id, &gone).await
             }
-            Origin::Replica(_) => Ok(()),
+            Origin::Replica(_) | Origin::Pushed(..) => Ok(()),
         };
         let old = self.index.write().remove(id);
         drop(old);

@@ -18,12 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use client::peer::{PeerBody, PeerConn};
-use proto::cluster::{ServerId, ServerStatus};
+use proto::cluster::{ClusterMap, ServerId, ServerStatus};
 use proto::{Reply, Request};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{info, info_span, warn, Instrument};
 
 use super::pull::Puller;
+use super::push::copy::Copier;
+use super::push::AsyncRepl;
 use super::{wipe, Replicator};
 use crate::cluster::{Role, SharedView};
 use crate::engine::Engine;
@@ -37,6 +39,8 @@ pub struct CatchUp {
     pub repl: Arc<Replicator>,
     /// Store paths and meta dir, for a wipe.
     pub wipe: wipe::WipePlan,
+    /// Async groups: the pushers.
+    pub async_repl: Option<Arc<AsyncRepl>>,
 }
 
 impl CatchUp {
@@ -66,6 +70,9 @@ impl CatchUp {
         let (role, status, map) = self
             .view
             .with(|v| (v.role().clone(), v.my_status(), v.map.clone()));
+        if let Some(a) = &self.async_repl {
+            return self.async_step(a, status, map.as_ref()).await;
+        }
         let (epoch, master) = match role {
             Role::Master { epoch, .. } => {
                 return self.repl.start_epoch(&self.engine, epoch).await;
@@ -135,6 +142,67 @@ impl CatchUp {
                     Ok(other) => Err(format!("unexpected answer to ReplReady: {other:?}")),
                     Err(e) => Err(format!("activation refused: {e}")),
                 }
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl CatchUp {
+    /// Async groups: keep the pushers matched to the map; a new member
+    /// reports SYNCING, copies every file from the lowest-id ACTIVE member,
+    /// then reports itself ACTIVE (see [`super::push`]).
+    async fn async_step(
+        &self,
+        a: &AsyncRepl,
+        status: ServerStatus,
+        map: Option<&ClusterMap>,
+    ) -> Result<(), String> {
+        a.reconcile(map);
+        let client = self.repl.leaders();
+        match status {
+            ServerStatus::WaitSync => {
+                let v = self.engine.data_version();
+                client
+                    .report_progress(self.id, ServerStatus::Syncing, v)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                info!("WAIT_SYNC -> SYNCING");
+                Ok(())
+            }
+            ServerStatus::Syncing => {
+                let from = map.and_then(|m| {
+                    let g = m.group(&self.group)?;
+                    g.members
+                        .iter()
+                        .filter(|&&id| id != self.id)
+                        .filter_map(|&id| m.server(id))
+                        .find(|s| s.status == ServerStatus::Active)
+                        .map(|s| (s.id, s.addr.clone()))
+                });
+                if let Some((id, addr)) = &from {
+                    let span = info_span!("full_copy", from = id, addr = %addr);
+                    let stats = Copier::new(&self.engine, addr)
+                        .run()
+                        .instrument(span)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if stats.left > 0 {
+                        warn!(
+                            left = stats.left,
+                            "some files could not be copied; their sources push them once this server is ACTIVE"
+                        );
+                    }
+                } else {
+                    info!("no ACTIVE member to copy from: this server starts the group's data");
+                }
+                let v = self.engine.data_version();
+                client
+                    .report_progress(self.id, ServerStatus::Active, v)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                info!(data_version = v, "copied: SYNCING -> ACTIVE");
+                Ok(())
             }
             _ => Ok(()),
         }

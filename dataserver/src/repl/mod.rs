@@ -10,6 +10,8 @@
 //! * [`catchup`]: a WAIT_SYNC / SYNCING / RECOVERING / ONLINE server copies
 //!   what it misses from the master and climbs to ACTIVE.
 //! * [`targets`]: who a change goes to, from the cluster map (pure).
+//! * [`push`]: async (FastDFS-style) groups: the gate, pushers with their
+//!   marks, the receiving side, and a new member's full copy.
 
 pub mod catchup;
 pub mod dedup;
@@ -19,6 +21,7 @@ pub mod fault;
 pub mod master;
 pub mod payload;
 pub mod pull;
+pub mod push;
 pub mod slave;
 pub mod targets;
 pub mod wipe;

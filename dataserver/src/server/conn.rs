@@ -17,7 +17,7 @@ use crate::cluster::view::ungated;
 use crate::cluster::{Role, SharedView};
 use crate::engine::{Engine, EngineError};
 use crate::repl::dedup::{Begin, Dedup};
-use crate::repl::{slave, Replicator};
+use crate::repl::{push, slave, Replicator};
 use proto::cluster::ServerStatus;
 
 /// What the connection loop needs from the server.
@@ -84,6 +84,19 @@ fn is_write(op: &Request) -> bool {
 /// requester's epoch); client requests go through the cluster gate, and
 /// writes on a master also wait for its epoch to have started.
 fn gate(ctx: &ConnContext, env: &RequestEnvelope) -> Result<(), WireError> {
+    // Async groups (and async traffic anywhere) first.
+    let decided = ctx.cluster.with(|v| {
+        push::gate::admit(
+            v.role(),
+            v.map.as_ref(),
+            u64::from(ctx.server_id),
+            &ctx.group,
+            &env.op,
+        )
+    });
+    if let Some(result) = decided {
+        return result;
+    }
     match &env.op {
         Request::Replicate(_) => return slave::admit(&ctx.cluster, env.epoch),
         Request::ReplLog { .. } | Request::ReplFetch { .. } | Request::ReplReady { .. } => {
@@ -393,6 +406,21 @@ async fn run_with_body<R: AsyncRead + Unpin + Send>(
             };
             slave::apply(&ctx.engine, repl, &ctx.cluster, epoch, &rec, body).await
         }
+        Request::AsyncPush {
+            source,
+            rec,
+            source_time_us,
+        } => {
+            push::receive::push(
+                &ctx.engine,
+                &ctx.metrics,
+                source,
+                &rec,
+                source_time_us,
+                body,
+            )
+            .await
+        }
         Request::Upload {
             size,
             ext,
@@ -504,6 +532,7 @@ async fn run_simple(ctx: &ConnContext, op: Request, client: (u64, u64)) -> Res {
                 last_version,
             })
         }
+        Request::AsyncOffer { items, .. } => Ok(push::receive::offer(e, &items)),
         Request::ReplReady { server_id, .. } => match &ctx.repl {
             Some(repl) => repl.activate(e, server_id).await,
             None => Err(WireError::new(

@@ -29,6 +29,22 @@ pub struct Metrics {
     protocol_errors: AtomicU64,
     connections: AtomicU64,
     connections_refused: AtomicU64,
+    /// Async mode: how long after its source made it a pushed change was
+    /// taken here.
+    replica_lag: Mutex<LagStats>,
+}
+
+/// Replica-lag bucket bounds, in seconds.
+const LAG_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+];
+
+#[derive(Default)]
+struct LagStats {
+    count: u64,
+    sum_secs: f64,
+    max_secs: f64,
+    buckets: [u64; LAG_BUCKETS.len()],
 }
 
 impl Metrics {
@@ -63,6 +79,26 @@ impl Metrics {
 
     pub fn connection_opened(&self) {
         self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Async mode: a pushed change taken `lag` after its source made it.
+    pub fn replica_lag(&self, lag: Duration) {
+        let secs = lag.as_secs_f64();
+        let mut l = self.replica_lag.lock();
+        l.count += 1;
+        l.sum_secs += secs;
+        l.max_secs = l.max_secs.max(secs);
+        for (i, b) in LAG_BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                l.buckets[i] += 1;
+            }
+        }
+    }
+
+    /// Async mode: (count, sum, max) of the replica lags seen, in seconds.
+    pub fn replica_lag_summary(&self) -> (u64, f64, f64) {
+        let l = self.replica_lag.lock();
+        (l.count, l.sum_secs, l.max_secs)
     }
 
     pub fn connection_refused(&self) {
@@ -141,6 +177,30 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
         }
+        {
+            let l = self.replica_lag.lock();
+            out.push_str("# HELP chorus_async_replica_lag_seconds Async mode: time from a change at its source to its push being taken here.\n");
+            out.push_str("# TYPE chorus_async_replica_lag_seconds histogram\n");
+            for (i, b) in LAG_BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "chorus_async_replica_lag_seconds_bucket{{le=\"{b}\"}} {}",
+                    l.buckets[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "chorus_async_replica_lag_seconds_bucket{{le=\"+Inf\"}} {}",
+                l.count
+            );
+            let _ = writeln!(out, "chorus_async_replica_lag_seconds_sum {}", l.sum_secs);
+            let _ = writeln!(out, "chorus_async_replica_lag_seconds_count {}", l.count);
+            let _ = writeln!(
+                out,
+                "# HELP chorus_async_replica_lag_max_seconds Async mode: the largest replica lag seen.\n# TYPE chorus_async_replica_lag_max_seconds gauge\nchorus_async_replica_lag_max_seconds {}",
+                l.max_secs
+            );
+        }
         for (name, help, v) in extra {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
@@ -165,5 +225,18 @@ mod tests {
         assert!(text.contains("chorus_request_seconds_count{op=\"upload\"} 2"));
         assert!(text.contains("chorus_bytes_received_total 10"));
         assert!(text.contains("chorus_data_version 7"));
+    }
+
+    #[test]
+    fn renders_replica_lag() {
+        let m = Metrics::default();
+        m.replica_lag(Duration::from_millis(3));
+        m.replica_lag(Duration::from_millis(40));
+        let text = m.render(&[]);
+        assert!(text.contains("chorus_async_replica_lag_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("chorus_async_replica_lag_seconds_bucket{le=\"0.05\"} 2"));
+        assert!(text.contains("chorus_async_replica_lag_seconds_count 2"));
+        assert!(text.contains("chorus_async_replica_lag_max_seconds 0.04"));
+        assert_eq!(m.replica_lag_summary().0, 2);
     }
 }

@@ -21,11 +21,13 @@ use crate::engine::{Engine, EngineError};
 use crate::repl::catchup::CatchUp;
 use crate::repl::dedup::Dedup;
 use crate::repl::epoch::EpochFile;
+use crate::repl::push::AsyncRepl;
 use crate::repl::wipe::{self, WipePlan};
 use crate::repl::{ReplTiming, Replicator};
 use client::leader::LeaderClient;
 use conn::ConnContext;
 use metrics::Metrics;
+use proto::cluster::ReplicationMode;
 use proto::{ErrorCode, FrameWriter, Message, ResponseEnvelope, WireError};
 
 /// Why the server could not start or stopped with an error.
@@ -59,6 +61,8 @@ pub struct Server {
     agent: Option<AgentConfig>,
     /// Replication (set with `agent`).
     repl: Option<Arc<Replicator>>,
+    /// Async groups: the pushers (set with `agent`).
+    async_repl: Option<Arc<AsyncRepl>>,
     wipe: WipePlan,
 }
 
@@ -126,9 +130,24 @@ impl Server {
                 epochs,
                 dedup.clone(),
             );
-            engine.set_replicate_hook(Some(r.clone()));
+            // Async groups replicate after the fact (`repl::push`): no hook.
+            if a.mode == ReplicationMode::Sync {
+                engine.set_replicate_hook(Some(r.clone()));
+            }
             r
         });
+        let async_repl = agent
+            .as_ref()
+            .filter(|a| a.mode == ReplicationMode::Async)
+            .map(|a| {
+                Arc::new(AsyncRepl::new(
+                    a.id,
+                    a.group.clone(),
+                    engine.clone(),
+                    &wipe.meta_dir,
+                    a.sync_delay_ms.clone(),
+                ))
+            });
         let metrics_listener = match cfg.metrics_listen {
             Some(a) => Some(bind(a).await?),
             None => None,
@@ -160,6 +179,7 @@ impl Server {
             view,
             agent,
             repl,
+            async_repl,
             wipe,
         })
     }
@@ -201,6 +221,7 @@ impl Server {
             view,
             agent,
             repl,
+            async_repl,
             wipe,
         } = self;
         let mut agent = agent.zip(repl).map(|(cfg, repl)| {
@@ -211,6 +232,7 @@ impl Server {
                 view: view.clone(),
                 repl,
                 wipe,
+                async_repl,
             };
             tokio::spawn(agent::run(
                 cfg,
