@@ -137,12 +137,6 @@ async fn write_on(c: &Client, seed: u64, files: usize, model: &mut Model) -> u64
     changes
 }
 
-/// Every member lists exactly the model's live files (same size, crc32
-/// and version everywhere).
-async fn converged(c: &Client, addrs: &[SocketAddr], model: &Model) -> Result<(), String> {
-    converged_with(c, addrs, model, true).await
-}
-
 /// Every member lists the same files, with the same size, crc32 and
 /// version; those include the model's live files, and (`exact`) nothing
 /// else — without `exact`, writes with an unknown outcome may be there.
@@ -473,7 +467,7 @@ async fn keep_writing(
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
         n += 1;
         let s = seed * 1_000_000 + n;
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             if let Some(id) = &app {
                 let more = piece(s, 200 + (s % 500) as usize);
                 match c.append(id, &more, None).await {
