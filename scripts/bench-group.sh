@@ -5,6 +5,10 @@
 # `chorus bench`. Then, with default leader timeouts, the failover time
 # (master SIGKILLed under an upload loop -> first upload served again) and
 # the catch-up rate of a slave that was down while data was written.
+# Last, one async (FastDFS-style) group of 3 behind its own 3 leaders: 4 KiB
+# and 1 MiB uploads spread over the members, with --replica-lag (how long
+# until the other members have a sampled upload), and a summary table of
+# every bench.
 #
 #   scripts/bench-group.sh [DIR] [DURATION_SECS]
 #
@@ -119,4 +123,54 @@ mib = r["bytes"] / 2**20
 secs = float(sys.argv[3]) - float(sys.argv[2])
 print(f"catch-up: {mib:.0f} MiB written while a slave was down; back to ACTIVE {secs:.1f} s after restart ({mib/secs:.0f} MiB/s, including its start)")
 PY
-echo "results in $out"
+
+# 5. One async group of 3 (its own leaders; the sync cluster stopped first).
+for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+wait 2>/dev/null || true
+pids=()
+apeers="1=127.0.0.1:24301,2=127.0.0.1:24302,3=127.0.0.1:24303"
+aleaders="127.0.0.1:24301,127.0.0.1:24302,127.0.0.1:24303"
+for i in 1 2 3; do
+  "$bin/chorus-leader" --id $i --listen 127.0.0.1:2430$i --peers "$apeers" \
+    --data-dir "$dir/al$i" 2>"$dir/al$i.log" &
+  pids+=($!)
+done
+for i in 1 2 3; do
+  "$bin/chorus-dataserver" --data-dir "$dir/ad$i" --listen 127.0.0.1:2431$i --server-id "$i" \
+    --leaders "$aleaders" --replication async --reserved-space 1GiB --fsync always \
+    2>>"$dir/ad$i.log" &
+  pids+=($!)
+done
+aactive() { "$bin/chorus" --leaders "$aleaders" status --json | python3 -c '
+import json,sys; r=json.load(sys.stdin)
+print(sum(1 for s in r["servers"] if s["status"]=="active"))'; }
+for _ in $(seq 300); do [ "$(aactive 2>/dev/null || echo 0)" = 3 ] && break; sleep 0.1; done
+for args in "--op upload --size 4KiB" "--op upload --size 1MiB"; do
+  # shellcheck disable=SC2086
+  bench "async group of 3" --leaders "$aleaders" -- $args --concurrency 16 --replica-lag
+done
+"$bin/chorus" --leaders "$aleaders" status | tee -a "$out" || true
+{ "$bin/chorus" --leaders "$aleaders" verify group1 --wait 30 2>&1 || true; } | tail -1 | tee -a "$out"
+
+# Summary of every bench above.
+python3 - "$out" <<'PY' | tee -a "$dir/summary.txt"
+import json, sys
+rows, label = [], None
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if line.startswith("== "):
+        label = line[3:].split(": chorus bench")[0]
+    elif line.startswith("{") and label:
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        lag = r.get("replica_lag_ms")
+        rows.append((label, r["op"], r["size"], r["ops_per_sec"], r["mib_per_sec"],
+                     r["latency_us"]["p50"], r["latency_us"]["p99"],
+                     "-" if not lag else f'{lag["p50"]:.2f}/{lag["p99"]:.2f}/{lag["max"]:.2f}'))
+print(f'{"setup":<18} {"op":<9} {"size":>8} {"ops/s":>9} {"MiB/s":>8} {"p50 us":>8} {"p99 us":>8}  replica lag ms p50/p99/max')
+for l, op, size, ops, mib, p50, p99, lag in rows:
+    print(f"{l:<18} {op:<9} {size:>8} {ops:>9.0f} {mib:>8.1f} {p50:>8} {p99:>8}  {lag}")
+PY
+echo "results in $out (summary in $dir/summary.txt)"

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::cluster::ClusterMap;
-use proto::{FileId, FileStat, Message, MetaEntry, MetaMode, Reply, Request, RequestEnvelope};
+use proto::{
+    ErrorCode, FileId, FileStat, Message, MetaEntry, MetaMode, Reply, Request, RequestEnvelope,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
@@ -16,7 +18,7 @@ use crate::error::{ClientError, Result};
 use crate::leader::ClientTimeouts;
 use crate::options::{ByteRange, FileMeta, PingInfo, UploadOptions};
 use crate::pool::Pool;
-use crate::route::{Router, Target};
+use crate::route::{Route, Router, Target};
 
 /// A handle to a Chorus cluster ([`connect`](Self::connect)) or to one
 /// dataserver ([`connect_direct`](Self::connect_direct)).
@@ -96,13 +98,32 @@ impl Client {
     /// arrived (or fails with a timeout after
     /// `max(connect_timeout, cluster_wait)`).
     ///
-    /// Every operation then goes to the master of its file's group (the
-    /// group is part of the file id) and carries the group's epoch; an
-    /// upload picks a group with an ACTIVE master by
-    /// [`ClientConfig::upload_group_rule`]. When the master refuses
-    /// (`not_master`, `stale_epoch`, `unavailable`) or cannot be reached, the
-    /// operation waits for a fresher map and is sent again with the same
-    /// sequence number, for up to [`ClientConfig::cluster_wait`] in total.
+    /// An upload picks a group by [`ClientConfig::upload_group_rule`]
+    /// among the groups that can take it. Then, by the group's replication
+    /// mode (the group is part of the file id):
+    ///
+    /// * **sync**: every operation goes to the group's master and carries
+    ///   the group's epoch (reads under [`ReadRule::Any`] go to the ACTIVE
+    ///   members in turn). With the default [`ReadRule::Master`] the
+    ///   client is linearizable.
+    /// * **async** (FastDFS): uploads go to the group's ACTIVE members in
+    ///   turn (the member becomes the new file's source server); appends,
+    ///   modifies, truncates, deletes and metadata changes go to the file's
+    ///   source server (the id names it) and wait, like a refused write,
+    ///   while it is not ACTIVE; reads follow the [`ReadRule`]. Peers get
+    ///   changes by asynchronous push, so reads from them may be stale:
+    ///   **nothing is linearizable in an async group**; see [`ReadRule`]
+    ///   for what each rule still promises.
+    ///
+    /// When the chosen server refuses (`not_master`, `stale_epoch`,
+    /// `unavailable`) or cannot be reached, or the map names no usable
+    /// server, the operation waits for a fresher map and is sent again with
+    /// the same sequence number, for up to [`ClientConfig::cluster_wait`]
+    /// in total.
+    ///
+    /// [`ReadRule`]: crate::ReadRule
+    /// [`ReadRule::Any`]: crate::ReadRule::Any
+    /// [`ReadRule::Master`]: crate::ReadRule::Master
     /// Every operation whose body can be sent again is retried this way
     /// (not those streaming from a reader, nor downloads that already wrote
     /// to a caller's writer), appends included: a write resent after a lost
@@ -289,8 +310,15 @@ impl Client {
         // Cluster mode: waiting for a usable master ends at this deadline.
         let deadline = Instant::now() + inner.cfg.cluster_wait;
         let mut cluster_backoff = inner.cfg.retry_backoff;
+        // Async groups: the source server to ask after a peer said the file
+        // is not there (at most once per operation).
+        let mut redirect: Option<Route> = None;
         loop {
-            let route = match inner.router.route(target) {
+            let routed = match redirect.take() {
+                Some(r) => Ok(r),
+                None => inner.router.route(target),
+            };
+            let route = match routed {
                 Ok(r) => r,
                 Err(e) => {
                     let cluster = inner.router.cluster();
@@ -311,15 +339,40 @@ impl Client {
                 env.id = id;
                 env.epoch = route.epoch;
             }
-            let err = match self
+            let outcome = self
                 .attempt(&route.addr, &msg, id, &mut body, &mut sink)
-                .await
-            {
+                .await;
+            let resendable = body.replayable() && !sink.committed();
+            if let Some(source) = route.fallback.as_ref().filter(|_| resendable) {
+                let missing = match &outcome {
+                    Ok(Ok(Reply::Exists(false))) => true,
+                    Ok(Err(wire)) => wire.code == ErrorCode::NotFound,
+                    _ => false,
+                };
+                if missing {
+                    debug!(
+                        seq,
+                        peer = %route.addr,
+                        source = %source,
+                        "not on this peer (yet); asking the file's source server"
+                    );
+                    if let Sink::Vec(v) = &mut sink {
+                        v.truncate(vec_start);
+                    }
+                    redirect = Some(Route {
+                        addr: source.clone(),
+                        epoch: route.epoch,
+                        map_version: route.map_version,
+                        fallback: None,
+                    });
+                    continue;
+                }
+            }
+            let err = match outcome {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(wire)) => ClientError::from(wire),
                 Err(e) => e,
             };
-            let resendable = body.replayable() && !sink.committed();
             if let Some(c) = inner.router.cluster() {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if resendable && err.wants_fresher_map() && !left.is_zero() {
@@ -792,6 +845,42 @@ impl Client {
                 version,
             }),
             other => Err(self.unexpected(&other, "meta")),
+        }
+    }
+
+    /// Whether the dataserver at `addr` (a member of the file's group) has
+    /// the file: asked of that server alone, once — no routing, no
+    /// fallback, no retry. The request carries the group's epoch from the
+    /// latest map (0 for async groups and in direct mode), so an ACTIVE
+    /// slave of a sync group answers too. For watching replication (e.g.
+    /// `chorus bench --replica-lag`); applications want
+    /// [`exists`](Self::exists).
+    pub async fn exists_on(&self, addr: &str, file_id: &str) -> Result<bool> {
+        let fid = parse_id(file_id)?;
+        let epoch = self
+            .inner
+            .router
+            .cluster()
+            .and_then(|c| c.current())
+            .and_then(|m| m.group(fid.group()).map(|g| g.epoch))
+            .unwrap_or(0);
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let msg = Message::Request(RequestEnvelope {
+            id,
+            client_id: self.inner.client_id,
+            seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
+            epoch,
+            op: Request::Exists {
+                file_id: file_id.to_string(),
+            },
+        });
+        let addr: Arc<str> = addr.into();
+        let reply = self
+            .attempt(&addr, &msg, id, &mut Body::None, &mut Sink::None)
+            .await??;
+        match reply {
+            Reply::Exists(b) => Ok(b),
+            other => Err(self.unexpected(&other, "exists")),
         }
     }
 

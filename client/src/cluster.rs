@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::cluster::{ClusterMap, GroupInfo, ServerInfo, ServerStatus};
-use proto::ErrorCode;
+use proto::cluster::{ClusterMap, GroupInfo, ReplicationMode, ServerInfo, ServerStatus};
+use proto::{ErrorCode, FileId};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -20,8 +20,9 @@ use crate::error::{ClientError, Result};
 use crate::leader::{ClientTimeouts, LeaderClient};
 use crate::route::{Route, Target};
 
-/// How an upload picks its group (FastDFS's `store_lookup`). Only groups
-/// whose master is ACTIVE are candidates.
+/// How an upload picks its group (FastDFS's `store_lookup`). A group is a
+/// candidate when it can take a new file: a sync group with an ACTIVE
+/// master, an async group with at least one ACTIVE member.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum UploadGroupRule {
     /// Take the groups in turn (the default).
@@ -34,24 +35,55 @@ pub enum UploadGroupRule {
     MostFreeSpace,
 }
 
-/// Where reads (download, stat, metadata, exists) go.
+/// Where reads (download, stat, metadata, exists) go, and what they
+/// promise. The promise depends on the group's replication mode.
+///
+/// **Sync groups** (FastCFS: the master replicates every write to every
+/// ACTIVE slave before answering):
+///
+/// * [`Master`](Self::Master): linearizable. A read sees every write
+///   acknowledged before it began, and nothing that is later lost.
+/// * [`Any`](Self::Any): a read still sees every write acknowledged before
+///   it began, but may also see one not acknowledged yet (that a failover
+///   may then lose), and briefly stale data from a member just dropped
+///   from the write set. Not linearizable.
+///
+/// **Async groups** (FastDFS: no master; each file has a *source* server,
+/// the member that created it, which alone applies its changes and pushes
+/// them to its peers afterwards, some milliseconds later):
+///
+/// * [`Master`](Self::Master): reads go to the file's source server while
+///   it is ACTIVE, so a client sees its own acknowledged writes and every
+///   other acknowledged write of that file (read-your-writes, monotonic)
+///   *as long as the source stays ACTIVE*. When it is not, reads fall back
+///   to any ACTIVE peer (FastDFS does the same), which may not have the
+///   latest changes or the file at all. Not linearizable: the source can
+///   be cut off and still answer, and a file that was never pushed before
+///   its source failed is not found elsewhere.
+/// * [`Any`](Self::Any): reads go to the ACTIVE members in turn. A peer may
+///   return **stale content** (an older version of the file) or not have a
+///   new file yet; a `not_found` (or `exists = false`) from a peer is
+///   checked with the source, when it is ACTIVE, before it is reported
+///   (FastDFS's rule). No linearizability, no read-your-writes, no
+///   monotonic reads; every member converges once pushes settle.
+///
+/// Writes (append, modify, truncate, delete, set-meta) always go to the
+/// group's master (sync) or to the file's source server (async), and an
+/// `if_version` on them is checked there, so compare-and-set stays safe in
+/// both modes even when the read that chose the version was stale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ReadRule {
-    /// The group's master (the default): linearizable — a read sees every
-    /// write acknowledged before it began, and nothing that is later lost.
+    /// Sync: the group's master (linearizable). Async: the file's source
+    /// server, or any ACTIVE peer when the source is not ACTIVE. The
+    /// default.
     #[default]
     Master,
-    /// Any ACTIVE member, in turn (spreads the read load). Every ACTIVE
-    /// member has every acknowledged write, so a read still sees every
-    /// write acknowledged before it began; but it may also see a write
-    /// that is not acknowledged yet (and that a failover may then lose),
-    /// and a member the master has just dropped from the write set keeps
-    /// answering until the map change reaches it (milliseconds), so reads
-    /// can be briefly stale. Not linearizable.
+    /// Any ACTIVE member, in turn (spreads the read load); see the type's
+    /// documentation for what it gives up in each mode.
     Any,
 }
 
-/// Whether `s` is a usable master: ACTIVE.
+/// Whether `s` may serve: ACTIVE.
 fn usable(s: &ServerInfo) -> bool {
     s.status == ServerStatus::Active
 }
@@ -63,19 +95,35 @@ pub(crate) fn active_master<'m>(map: &'m ClusterMap, g: &GroupInfo) -> Option<&'
         .filter(|s| usable(s) && s.group == g.name)
 }
 
-/// Free space of a group: the smallest `disk_free` among its ACTIVE members.
-fn group_free(map: &ClusterMap, g: &GroupInfo) -> u64 {
+/// The group's ACTIVE members, in member order.
+fn active_members<'m>(map: &'m ClusterMap, g: &GroupInfo) -> Vec<&'m ServerInfo> {
     g.members
         .iter()
         .filter_map(|id| map.server(*id))
-        .filter(|s| usable(s))
+        .filter(|s| usable(s) && s.group == g.name)
+        .collect()
+}
+
+/// Whether a group can take a new file: an ACTIVE master (sync) or any
+/// ACTIVE member (async).
+fn takes_uploads(map: &ClusterMap, g: &GroupInfo) -> bool {
+    match g.mode {
+        ReplicationMode::Sync => active_master(map, g).is_some(),
+        ReplicationMode::Async => !active_members(map, g).is_empty(),
+    }
+}
+
+/// Free space of a group: the smallest `disk_free` among its ACTIVE members.
+fn group_free(map: &ClusterMap, g: &GroupInfo) -> u64 {
+    active_members(map, g)
+        .iter()
         .map(|s| s.disk_free)
         .min()
         .unwrap_or(0)
 }
 
-/// The group an upload goes to under `rule`, among groups with an ACTIVE
-/// master; `turn` is the round-robin counter (any value is fine).
+/// The group an upload goes to under `rule`, among groups that take
+/// uploads; `turn` is the round-robin counter (any value is fine).
 pub(crate) fn choose_group(
     map: &ClusterMap,
     rule: UploadGroupRule,
@@ -84,7 +132,7 @@ pub(crate) fn choose_group(
     let candidates: Vec<&GroupInfo> = map
         .groups
         .iter()
-        .filter(|g| active_master(map, g).is_some())
+        .filter(|g| takes_uploads(map, g))
         .collect();
     if candidates.is_empty() {
         return None;
@@ -99,8 +147,101 @@ pub(crate) fn choose_group(
     }
 }
 
-/// Where `target` goes in `map`: the master of the file's group (or of the
-/// group chosen for an upload), with the group's epoch.
+/// How many groups an upload's round robin turns over (for spreading the
+/// uploads within an async group independently of the group choice).
+fn upload_candidates(map: &ClusterMap) -> usize {
+    map.groups.iter().filter(|g| takes_uploads(map, g)).count()
+}
+
+fn no_route(code: ErrorCode, message: String) -> ClientError {
+    ClientError::NoRoute { code, message }
+}
+
+fn route_to(map: &ClusterMap, s: &ServerInfo, epoch: u64) -> Route {
+    Route {
+        addr: s.addr.as_str().into(),
+        epoch,
+        map_version: map.version,
+        fallback: None,
+    }
+}
+
+/// Async group: the file's source server, when the map has it as a member
+/// of `g` (whatever its status).
+fn source_of<'m>(map: &'m ClusterMap, g: &GroupInfo, id: &FileId) -> Option<&'m ServerInfo> {
+    map.server(u64::from(id.source_server()))
+        .filter(|s| s.group == g.name)
+}
+
+/// Async group routing of one file operation (epoch 0: async groups have
+/// no epochs).
+fn route_async(
+    map: &ClusterMap,
+    g: &GroupInfo,
+    target: Target<'_>,
+    reads: ReadRule,
+    turn: usize,
+) -> Result<Route> {
+    let unavailable = |what: String| {
+        no_route(
+            ErrorCode::Unavailable,
+            format!(
+                "{what} (async group {}, cluster map version {})",
+                g.name, map.version
+            ),
+        )
+    };
+    let no_active = || unavailable("no ACTIVE member".into());
+    match target {
+        Target::Create => {
+            let active = active_members(map, g);
+            active
+                .get(turn % active.len().max(1))
+                .map(|s| route_to(map, s, 0))
+                .ok_or_else(no_active)
+        }
+        Target::Write(id) => match source_of(map, g, id) {
+            Some(s) if usable(s) => Ok(route_to(map, s, 0)),
+            Some(s) => Err(unavailable(format!(
+                "the source server {} of {id} is {}; only it may change the file",
+                s.id, s.status
+            ))),
+            None => Err(unavailable(format!(
+                "the source server {} of {id} is not a member",
+                id.source_server()
+            ))),
+        },
+        Target::Read(id) => {
+            let source = source_of(map, g, id).filter(|s| usable(s));
+            let active = active_members(map, g);
+            match (reads, source) {
+                (ReadRule::Master, Some(s)) => Ok(route_to(map, s, 0)),
+                (ReadRule::Master, None) | (ReadRule::Any, _) => {
+                    let s = active
+                        .get(turn % active.len().max(1))
+                        .ok_or_else(no_active)?;
+                    let mut r = route_to(map, s, 0);
+                    // A peer may not have a new file yet: ask the source
+                    // before reporting it missing.
+                    r.fallback = source
+                        .filter(|src| src.id != s.id)
+                        .map(|src| src.addr.as_str().into());
+                    Ok(r)
+                }
+            }
+        }
+        Target::Any => active_members(map, g)
+            .first()
+            .map(|s| route_to(map, s, 0))
+            .ok_or_else(no_active),
+    }
+}
+
+/// Where `target` goes in `map`. Sync groups: the master of the file's
+/// group (or of the group chosen for an upload), with the group's epoch;
+/// reads under [`ReadRule::Any`] go to the ACTIVE members in turn. Async
+/// groups: see [`ReadRule`]; uploads go to the group's ACTIVE members in
+/// turn, changes to the file's source server, all with epoch 0.
 pub(crate) fn route_in(
     map: &ClusterMap,
     target: Target<'_>,
@@ -108,14 +249,9 @@ pub(crate) fn route_in(
     reads: ReadRule,
     turn: usize,
 ) -> Result<Route> {
-    let no_route = |code, message: String| ClientError::NoRoute { code, message };
     let to_master = |g: &GroupInfo| -> Result<Route> {
         match active_master(map, g) {
-            Some(m) => Ok(Route {
-                addr: m.addr.as_str().into(),
-                epoch: g.epoch,
-                map_version: map.version,
-            }),
+            Some(m) => Ok(route_to(map, m, g.epoch)),
             None => Err(no_route(
                 ErrorCode::Unavailable,
                 format!(
@@ -125,23 +261,25 @@ pub(crate) fn route_in(
             )),
         }
     };
+    let group_of = |id: &FileId| {
+        map.group(id.group()).ok_or_else(|| {
+            no_route(
+                ErrorCode::WrongGroup,
+                format!(
+                    "no group {} in cluster map version {}",
+                    id.group(),
+                    map.version
+                ),
+            )
+        })
+    };
     match target {
         Target::Any => map
             .groups
             .iter()
-            .find_map(|g| active_master(map, g).map(|m| (g, m)))
-            .map(|(_, m)| Route {
-                addr: m.addr.as_str().into(),
-                epoch: 0,
-                map_version: map.version,
-            })
-            .or_else(|| {
-                map.servers.iter().find(|s| usable(s)).map(|s| Route {
-                    addr: s.addr.as_str().into(),
-                    epoch: 0,
-                    map_version: map.version,
-                })
-            })
+            .find_map(|g| active_master(map, g))
+            .or_else(|| map.servers.iter().find(|s| usable(s)))
+            .map(|s| route_to(map, s, 0))
             .ok_or_else(|| {
                 no_route(
                     ErrorCode::Unavailable,
@@ -149,53 +287,43 @@ pub(crate) fn route_in(
                 )
             }),
         Target::Create => match choose_group(map, rule, turn) {
+            Some(g) if g.mode == ReplicationMode::Async => {
+                // Round robin over the groups takes `turn % groups`; spread
+                // within the group with what is left of the counter, so
+                // two groups of two members still use all four servers.
+                let spread = match rule {
+                    UploadGroupRule::RoundRobin => turn / upload_candidates(map).max(1),
+                    UploadGroupRule::MostFreeSpace => turn,
+                };
+                route_async(map, g, target, reads, spread)
+            }
             Some(g) => to_master(g),
             None => Err(no_route(
                 ErrorCode::Unavailable,
                 format!(
-                    "no group with an ACTIVE master in cluster map version {} ({} groups)",
+                    "no group takes uploads (an ACTIVE master, or an ACTIVE member of an \
+                     async group) in cluster map version {} ({} groups)",
                     map.version,
                     map.groups.len()
                 ),
             )),
         },
-        Target::Read(id) if reads == ReadRule::Any => match map.group(id.group()) {
-            Some(g) => {
-                let active: Vec<&ServerInfo> = g
-                    .members
-                    .iter()
-                    .filter_map(|m| map.server(*m))
-                    .filter(|s| usable(s))
-                    .collect();
-                match active.get(turn % active.len().max(1)) {
-                    Some(s) => Ok(Route {
-                        addr: s.addr.as_str().into(),
-                        epoch: g.epoch,
-                        map_version: map.version,
-                    }),
-                    None => to_master(g),
-                }
+        Target::Read(id) | Target::Write(id) => {
+            let g = group_of(id)?;
+            if g.mode == ReplicationMode::Async {
+                return route_async(map, g, target, reads, turn);
             }
-            None => Err(no_route(
-                ErrorCode::WrongGroup,
-                format!(
-                    "no group {} in cluster map version {}",
-                    id.group(),
-                    map.version
-                ),
-            )),
-        },
-        Target::Read(id) | Target::Write(id) => match map.group(id.group()) {
-            Some(g) => to_master(g),
-            None => Err(no_route(
-                ErrorCode::WrongGroup,
-                format!(
-                    "no group {} in cluster map version {}",
-                    id.group(),
-                    map.version
-                ),
-            )),
-        },
+            match target {
+                Target::Read(_) if reads == ReadRule::Any => {
+                    let active = active_members(map, g);
+                    match active.get(turn % active.len().max(1)) {
+                        Some(s) => Ok(route_to(map, s, g.epoch)),
+                        None => to_master(g),
+                    }
+                }
+                _ => to_master(g),
+            }
+        }
     }
 }
 
@@ -310,8 +438,6 @@ impl ClusterRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::cluster::ReplicationMode;
-    use proto::FileId;
 
     fn server(id: u64, group: &str, status: ServerStatus, free: u64) -> ServerInfo {
         ServerInfo {
@@ -506,5 +632,188 @@ mod tests {
         )
         .unwrap();
         assert_eq!((&*r.addr, r.epoch), ("127.0.0.1:9001", 0));
+    }
+
+    /// An async group "a1" of servers 11, 12, 13 (all ACTIVE, no master,
+    /// epoch 0) beside the sync map's groups.
+    fn async_map() -> ClusterMap {
+        let mut m = map();
+        let mut g = group("a1", &[11, 12, 13], None, 0);
+        g.mode = ReplicationMode::Async;
+        m.groups.insert(0, g);
+        for id in [11, 12, 13] {
+            m.servers.push(server(id, "a1", ServerStatus::Active, 100));
+        }
+        m
+    }
+
+    /// A file of group a1 created by `source`.
+    fn async_file(source: u32) -> FileId {
+        FileId::generate("a1", 0, source, 1_700_000_000, 5, 0, "txt").unwrap()
+    }
+
+    fn route(m: &ClusterMap, t: Target<'_>, reads: ReadRule, turn: usize) -> Result<Route> {
+        route_in(m, t, UploadGroupRule::RoundRobin, reads, turn)
+    }
+
+    #[test]
+    fn async_groups_take_uploads_without_a_master_spread_over_active_members() {
+        let mut m = async_map();
+        m.groups.retain(|g| g.name == "a1");
+        let addrs: Vec<(String, u64)> = (0..6)
+            .map(|t| {
+                let r = route(&m, Target::Create, ReadRule::Master, t).unwrap();
+                assert!(r.fallback.is_none());
+                (r.addr.to_string(), r.epoch)
+            })
+            .collect();
+        let want: Vec<(String, u64)> = [9011, 9012, 9013, 9011, 9012, 9013]
+            .iter()
+            .map(|p| (format!("127.0.0.1:{p}"), 0))
+            .collect();
+        assert_eq!(addrs, want);
+        // Only ACTIVE members take uploads.
+        m.server_mut(12).unwrap().status = ServerStatus::Syncing;
+        m.server_mut(13).unwrap().status = ServerStatus::Offline;
+        for t in 0..4 {
+            let r = route(&m, Target::Create, ReadRule::Master, t).unwrap();
+            assert_eq!(&*r.addr, "127.0.0.1:9011");
+        }
+        // None ACTIVE: a retryable unavailable.
+        m.server_mut(11).unwrap().status = ServerStatus::WaitSync;
+        let e = route(&m, Target::Create, ReadRule::Master, 0).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::Unavailable));
+        assert!(e.is_retryable());
+    }
+
+    #[test]
+    fn round_robin_mixes_sync_and_async_groups_and_uses_every_async_member() {
+        // a1 (async, 3 ACTIVE) and g1, g2 (sync, ACTIVE masters).
+        let m = async_map();
+        let mut seen = std::collections::BTreeMap::<String, usize>::new();
+        for t in 0..18 {
+            let g = choose_group(&m, UploadGroupRule::RoundRobin, t).unwrap();
+            let r = route(&m, Target::Create, ReadRule::Master, t).unwrap();
+            if g.name == "a1" {
+                assert_eq!(r.epoch, 0);
+            } else {
+                assert_eq!(Some(r.epoch), Some(g.epoch));
+            }
+            *seen.entry(r.addr.to_string()).or_default() += 1;
+        }
+        // 6 uploads per group; a1's spread over its three members.
+        assert_eq!(seen["127.0.0.1:9001"], 6);
+        assert_eq!(seen["127.0.0.1:9003"], 6);
+        for p in [9011, 9012, 9013] {
+            assert_eq!(seen[&format!("127.0.0.1:{p}")], 2, "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn async_writes_go_to_the_source_server_only() {
+        let mut m = async_map();
+        let f = async_file(12);
+        for (reads, turn) in [(ReadRule::Master, 0), (ReadRule::Any, 5)] {
+            let r = route(&m, Target::Write(&f), reads, turn).unwrap();
+            assert_eq!((&*r.addr, r.epoch, r.map_version), ("127.0.0.1:9012", 0, 7));
+            assert!(r.fallback.is_none());
+        }
+        // The source is not ACTIVE: wait for a newer map (retryable).
+        m.server_mut(12).unwrap().status = ServerStatus::Offline;
+        let e = route(&m, Target::Write(&f), ReadRule::Master, 0).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::Unavailable));
+        assert!(e.is_retryable());
+        assert!(e.message().contains("source server 12"), "{e}");
+        assert!(e.message().contains("OFFLINE"), "{e}");
+        // A source the map does not have in the group: unavailable too.
+        let stranger = async_file(99);
+        let e = route(&m, Target::Write(&stranger), ReadRule::Master, 0).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::Unavailable));
+        assert!(e.message().contains("not a member"), "{e}");
+        // A server of another group is not this file's source.
+        let other = async_file(1);
+        assert!(route(&m, Target::Write(&other), ReadRule::Master, 0).is_err());
+    }
+
+    #[test]
+    fn async_read_rule_master_reads_the_source_then_falls_back_to_peers() {
+        let mut m = async_map();
+        let f = async_file(13);
+        for t in 0..3 {
+            let r = route(&m, Target::Read(&f), ReadRule::Master, t).unwrap();
+            assert_eq!((&*r.addr, r.epoch), ("127.0.0.1:9013", 0));
+            assert!(r.fallback.is_none());
+        }
+        // Source not ACTIVE: any ACTIVE peer, in turn; nobody to fall back on.
+        m.server_mut(13).unwrap().status = ServerStatus::Recovering;
+        let addrs: Vec<String> = (0..4)
+            .map(|t| {
+                let r = route(&m, Target::Read(&f), ReadRule::Master, t).unwrap();
+                assert!(r.fallback.is_none());
+                r.addr.to_string()
+            })
+            .collect();
+        assert_eq!(
+            addrs,
+            [
+                "127.0.0.1:9011",
+                "127.0.0.1:9012",
+                "127.0.0.1:9011",
+                "127.0.0.1:9012"
+            ]
+        );
+        for id in [11, 12] {
+            m.server_mut(id).unwrap().status = ServerStatus::Offline;
+        }
+        let e = route(&m, Target::Read(&f), ReadRule::Master, 0).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::Unavailable));
+    }
+
+    #[test]
+    fn async_read_rule_any_turns_over_members_and_falls_back_to_the_source() {
+        let mut m = async_map();
+        let f = async_file(11);
+        let routes: Vec<(String, Option<String>)> = (0..3)
+            .map(|t| {
+                let r = route(&m, Target::Read(&f), ReadRule::Any, t).unwrap();
+                assert_eq!(r.epoch, 0);
+                (r.addr.to_string(), r.fallback.map(|a| a.to_string()))
+            })
+            .collect();
+        let src = Some("127.0.0.1:9011".to_string());
+        assert_eq!(
+            routes,
+            [
+                ("127.0.0.1:9011".to_string(), None),
+                ("127.0.0.1:9012".to_string(), src.clone()),
+                ("127.0.0.1:9013".to_string(), src),
+            ]
+        );
+        // The source is not ACTIVE: peers only, no fallback.
+        m.server_mut(11).unwrap().status = ServerStatus::Offline;
+        for t in 0..4 {
+            let r = route(&m, Target::Read(&f), ReadRule::Any, t).unwrap();
+            assert_ne!(&*r.addr, "127.0.0.1:9011");
+            assert!(r.fallback.is_none());
+        }
+        // Unknown group: not retryable, as in sync mode.
+        let g9 = FileId::generate("g9", 0, 11, 1_700_000_000, 5, 0, "").unwrap();
+        let e = route(&m, Target::Read(&g9), ReadRule::Any, 0).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::WrongGroup));
+    }
+
+    #[test]
+    fn sync_routes_never_carry_a_fallback() {
+        let m = async_map();
+        let f = FileId::generate("g1", 0, 2, 1_700_000_000, 5, 0, "txt").unwrap();
+        for reads in [ReadRule::Master, ReadRule::Any] {
+            for t in 0..4 {
+                for target in [Target::Read(&f), Target::Write(&f)] {
+                    let r = route(&m, target, reads, t).unwrap();
+                    assert!(r.fallback.is_none());
+                    assert_eq!(r.epoch, 3);
+                }
+            }
+        }
     }
 }

@@ -128,8 +128,10 @@ impl ClientConfig {
     pub fn get_verify_crc(&self) -> bool {
         self.verify_crc
     }
-    /// Where reads go in cluster mode (default [`ReadRule::Master`],
-    /// linearizable; [`ReadRule::Any`] spreads them over ACTIVE members).
+    /// Where reads go in cluster mode (default [`ReadRule::Master`]:
+    /// linearizable in sync groups, the file's source server in async
+    /// groups; [`ReadRule::Any`] spreads them over ACTIVE members). See
+    /// [`ReadRule`] for what each promises in each replication mode.
     pub fn read_rule(mut self, rule: ReadRule) -> Self {
         self.read_rule = rule;
         self

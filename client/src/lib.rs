@@ -4,8 +4,10 @@
 //! streamed), append, modify, truncate, delete, metadata, stat.
 //!
 //! [`Client::connect`] takes the leaders' addresses and routes every
-//! operation to its group's master by the cluster map, which the leaders
-//! push on every change; it rides through master failovers by waiting for
+//! operation by the cluster map, which the leaders push on every change
+//! (sync groups: to the group's master; async groups: uploads to any
+//! ACTIVE member, changes to the file's source server, reads by the
+//! [`ReadRule`]); it rides through master failovers by waiting for
 //! the next map and resending (see [`Client::connect`] for which operations
 //! are resent). [`Client::connect_direct`] talks to one dataserver.
 //! Connections are pooled per server; bodies and downloads stream in

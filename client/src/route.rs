@@ -2,9 +2,13 @@
 //!
 //! Every operation asks the router for a [`Route`] before it takes a
 //! connection from the pool: [`Router::Direct`] sends everything to one
-//! dataserver; [`Router::Cluster`] sends each operation to the master of
-//! its file's group (or of the group chosen for an upload) with the
-//! group's epoch, from the leaders' map (see [`crate::cluster`]).
+//! dataserver; [`Router::Cluster`] follows the leaders' map (see
+//! [`crate::cluster`]): in a sync group each operation goes to the master
+//! of its file's group (or of the group chosen for an upload) with the
+//! group's epoch; in an async group uploads go to any ACTIVE member,
+//! changes to the file's source server, reads by the [`ReadRule`].
+//!
+//! [`ReadRule`]: crate::ReadRule
 
 use std::sync::Arc;
 
@@ -22,7 +26,8 @@ pub(crate) enum Target<'a> {
     Create,
     /// A server that may serve reads of this file.
     Read(&'a FileId),
-    /// The server that applies writes to this file (its group's master).
+    /// The server that applies writes to this file (its group's master;
+    /// in an async group, the file's source server).
     Write(&'a FileId),
 }
 
@@ -49,6 +54,10 @@ pub(crate) struct Route {
     /// The version of the cluster map the route was read from (0 in
     /// direct mode).
     pub map_version: u64,
+    /// Async groups, reads from a peer: the file's source server, asked
+    /// before a `not_found` (or `exists = false`) from `addr` is believed,
+    /// since a peer may not have a new file yet.
+    pub fallback: Option<Arc<str>>,
 }
 
 /// How the client finds servers.
@@ -74,6 +83,7 @@ impl Router {
                     addr: addr.clone(),
                     epoch: 0,
                     map_version: 0,
+                    fallback: None,
                 })
             }
             Router::Cluster(c) => c.route(target),

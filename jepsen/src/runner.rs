@@ -1,11 +1,23 @@
 //! One run end to end, and the suites.
 //!
 //! [`run`]: make the hosts, start 3 leaders and the dataservers, wait for a
-//! group master, create the workload's files, run the workload and the
-//! nemesis for the time limit, heal, wait for a master again, do the final
-//! reads, check convergence (`chorus verify`, when the CLI has it), stop
-//! everything and tear the hosts down, save the history, judge it and
-//! write the report into `<out>/<run name>/`.
+//! group master (sync) or for every member to be ACTIVE (async), create the
+//! workload's files, run the workload and the nemesis for the time limit,
+//! heal, wait for the group again, do the final reads, check convergence
+//! (`chorus verify`, when the CLI has it), stop everything and tear the
+//! hosts down, save the history, judge it and write the report into
+//! `<out>/<run name>/`.
+//!
+//! **Async mode** (`--mode async`): dataservers run with `--replication
+//! async`; workload clients read with `ReadRule::Any` (so reads reach the
+//! peers, which lag behind each file's source server), the register
+//! workload reads a key again right after each acknowledged write, and
+//! the final reads go to each file's source. Async mode promises no
+//! linearizability, so the register checker is *expected* to find stale
+//! reads: the run's verdict stays what the checker says (invalid), with
+//! the count of stale reads ([`crate::checker::stale`]) and a note saying
+//! so, while convergence (`chorus verify --wait`) must still pass. A run's
+//! [`Expectation`] says what the suite requires of it.
 //!
 //! Interrupting (the [`Cancel`] flag, set on SIGINT/SIGTERM by the CLI)
 //! ends the run early; the hosts are torn down either way.
@@ -16,10 +28,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use client::leader::{ClientTimeouts, LeaderClient};
+use client::ReadRule;
 use proto::cluster::ServerStatus;
 use tracing::{info, warn};
 
-use crate::checker::{self, Budget, CheckResult, Verdict};
+use crate::checker::{self, AnomalyKind, Budget, CheckResult, Verdict};
 use crate::history::{self, Op, NEMESIS};
 use crate::hosts::{self, Hosts, HostsError, HostsOpts, GROUP};
 use crate::nemesis::{self, Fault, Nemesis, NemesisOpts};
@@ -37,6 +50,9 @@ const QUIET: Duration = Duration::from_secs(3);
 const FINAL_READS_LIMIT: Duration = Duration::from_secs(30);
 /// Bound on `chorus verify`.
 const VERIFY_LIMIT: Duration = Duration::from_secs(60);
+/// Async mode: how long `chorus verify` lets differing members settle
+/// (`--wait`), within [`VERIFY_LIMIT`].
+const ASYNC_SETTLE_SECS: &str = "30";
 
 /// A group's replication mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +76,73 @@ impl Mode {
             _ => None,
         }
     }
+
+    /// Where the workload's reads go: the master in sync mode
+    /// (linearizable reads), any ACTIVE member in async mode (peers
+    /// included, which is where staleness shows).
+    pub fn read_rule(self) -> ReadRule {
+        match self {
+            Mode::Sync => ReadRule::Master,
+            Mode::Async => ReadRule::Any,
+        }
+    }
+}
+
+/// What a run must show for a suite to pass it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expectation {
+    /// The checker finds the history valid and the group converges (every
+    /// sync run).
+    Valid,
+    /// Async mode's promise: reads may be stale (at least one stale read
+    /// must be found, or the run did not exercise what it is for), and the
+    /// members converge once faults are healed and pushes settle.
+    StaleReadsAndConverged,
+}
+
+impl Expectation {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Expectation::Valid => "valid and converged",
+            Expectation::StaleReadsAndConverged => "stale reads found (> 0) and converged",
+        }
+    }
+
+    /// Whether a run with this `verdict` (`valid`, `invalid`, `unknown`,
+    /// `error`), `stale_reads` and convergence meets the expectation, and a
+    /// sentence saying why.
+    pub fn assess(
+        self,
+        verdict: &str,
+        stale_reads: Option<u64>,
+        converged: Option<bool>,
+    ) -> (bool, String) {
+        match self {
+            Expectation::Valid => {
+                let met = verdict == "valid";
+                (met, format!("verdict {verdict}"))
+            }
+            Expectation::StaleReadsAndConverged => {
+                let stale = stale_reads.unwrap_or(0);
+                let conv = match converged {
+                    Some(true) => "converged",
+                    Some(false) => "did NOT converge",
+                    None => "convergence not checked",
+                };
+                let met = verdict != "error" && stale > 0 && converged == Some(true);
+                let why = if verdict == "error" {
+                    "the run failed".to_string()
+                } else if stale == 0 {
+                    format!(
+                        "no stale read found (the run did not exercise async staleness); {conv}"
+                    )
+                } else {
+                    format!("stale reads found: {stale}; {conv}")
+                };
+                (met, why)
+            }
+        }
+    }
 }
 
 /// What a run does.
@@ -81,6 +164,8 @@ pub struct RunOpts {
     pub keys: usize,
     /// The run folder's name; default `<workload>-<faults>-<mode>-s<seed>-<time>`.
     pub name: Option<String>,
+    /// What a suite requires of the run.
+    pub expectation: Expectation,
 }
 
 impl RunOpts {
@@ -97,6 +182,7 @@ impl RunOpts {
             rate: 40.0,
             keys: 4,
             name: None,
+            expectation: Expectation::Valid,
         }
     }
 
@@ -211,6 +297,48 @@ pub struct RunOutcome {
     pub notes: Vec<String>,
     /// The checker's judgement, when it ran.
     pub result: Option<CheckResult>,
+    /// Whether `chorus verify` passed (`None`: not checked).
+    pub converged: Option<bool>,
+    /// Register runs: reads that returned an overwritten value.
+    pub stale_reads: Option<u64>,
+    pub expectation: Expectation,
+}
+
+impl RunOutcome {
+    /// A run that could not be carried out at all.
+    pub fn failed(opts: &RunOpts, why: String) -> RunOutcome {
+        RunOutcome {
+            label: opts.label(),
+            dir: opts.out.clone(),
+            events: 0,
+            nemesis_events: 0,
+            verdict: "error".into(),
+            exit_code: EXIT_ERROR,
+            notes: vec![why],
+            result: None,
+            converged: None,
+            stale_reads: None,
+            expectation: opts.expectation,
+        }
+    }
+
+    /// Whether the run met its [`Expectation`], and why.
+    pub fn assessment(&self) -> (bool, String) {
+        self.expectation
+            .assess(&self.verdict, self.stale_reads, self.converged)
+    }
+
+    /// The run's exit code as a suite counts it: its own for runs expected
+    /// valid; for others 0 when the expectation is met, 1 when not (3 when
+    /// the run failed).
+    pub fn suite_exit(&self) -> i32 {
+        match self.expectation {
+            Expectation::Valid => self.exit_code,
+            _ if self.exit_code == EXIT_ERROR => EXIT_ERROR,
+            _ if self.assessment().0 => 0,
+            _ => 1,
+        }
+    }
 }
 
 /// The dataserver flag that sets a group's replication mode, if this
@@ -234,24 +362,50 @@ fn replication_mode_flag() -> Result<Option<&'static str>, RunError> {
         }))
 }
 
-/// Poll the map until the group has an ACTIVE master.
-async fn wait_master(lc: &LeaderClient, limit: Duration, cancel: &Cancel) -> Result<(), RunError> {
+/// Whether the group is ready in `map`: an ACTIVE master (sync), or
+/// `nodes` ACTIVE members (async: no master; every member takes uploads of
+/// its own and serves reads).
+pub fn group_ready(map: &proto::cluster::ClusterMap, mode: Mode, nodes: usize) -> bool {
+    match mode {
+        Mode::Sync => map
+            .master_of(GROUP)
+            .is_some_and(|s| s.status == ServerStatus::Active),
+        Mode::Async => map.group(GROUP).is_some_and(|g| {
+            g.members
+                .iter()
+                .filter_map(|id| map.server(*id))
+                .filter(|s| s.status == ServerStatus::Active)
+                .count()
+                >= nodes
+        }),
+    }
+}
+
+/// Poll the map until the group is ready ([`group_ready`]).
+async fn wait_ready(
+    lc: &LeaderClient,
+    mode: Mode,
+    nodes: usize,
+    limit: Duration,
+    cancel: &Cancel,
+) -> Result<(), RunError> {
     let deadline = Instant::now() + limit;
     loop {
         if cancel.is_set() {
             return Err(RunError::Interrupted);
         }
         if let Ok(m) = lc.get_map(false).await {
-            if m.master_of(GROUP)
-                .is_some_and(|s| s.status == ServerStatus::Active)
-            {
+            if group_ready(&m, mode, nodes) {
                 return Ok(());
             }
         }
         if Instant::now() > deadline {
-            return Err(RunError::NotReady(format!(
-                "{GROUP} has no ACTIVE master after {limit:?}"
-            )));
+            return Err(RunError::NotReady(match mode {
+                Mode::Sync => format!("{GROUP} has no ACTIVE master after {limit:?}"),
+                Mode::Async => {
+                    format!("{GROUP} does not have {nodes} ACTIVE members after {limit:?}")
+                }
+            }));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -272,7 +426,7 @@ fn leader_client(addrs: Vec<String>) -> LeaderClient {
 
 /// `chorus verify GROUP --leaders ...`, if the `chorus` binary has it:
 /// `Some(passed, output)`, or `None` with the reason it was skipped.
-fn verify(leaders: &[String]) -> Result<(bool, String), String> {
+fn verify(leaders: &[String], mode: Mode) -> Result<(bool, String), String> {
     let bin = hosts::find_bin("chorus").map_err(|e| e.to_string())?;
     let help = Command::new(&bin)
         .args(["verify", "--help"])
@@ -281,8 +435,15 @@ fn verify(leaders: &[String]) -> Result<(bool, String), String> {
     if !help.status.success() {
         return Err("`chorus verify` is not available in this build".into());
     }
+    let mut args = vec!["verify", GROUP, "--leaders"];
+    let leaders = leaders.join(",");
+    args.push(&leaders);
+    if mode == Mode::Async {
+        // Pushes run behind writes: let them settle.
+        args.extend(["--wait", ASYNC_SETTLE_SECS]);
+    }
     let mut child = Command::new(&bin)
-        .args(["verify", GROUP, "--leaders", &leaders.join(",")])
+        .args(&args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -318,6 +479,7 @@ async fn drive(
     cancel: &Cancel,
     rec: &Arc<Recorder>,
     notes: &mut Vec<String>,
+    converged: &mut Option<bool>,
 ) -> Result<(), RunError> {
     let h = hosts.clone();
     tokio::task::spawn_blocking(move || h.start_all())
@@ -325,10 +487,10 @@ async fn drive(
         .map_err(|e| RunError::NotReady(format!("start task: {e}")))??;
     let leaders = hosts.leader_addrs();
     let lc = leader_client(leaders.clone());
-    wait_master(&lc, READY_LIMIT, cancel).await?;
+    wait_ready(&lc, opts.mode, opts.nodes, READY_LIMIT, cancel).await?;
     info!("cluster ready");
 
-    let client = workload::connect(&leaders).await?;
+    let client = workload::connect(&leaders, opts.mode.read_rule()).await?;
     let wl = Arc::new(
         Workload::setup(
             &client,
@@ -339,6 +501,8 @@ async fn drive(
                 keys: opts.keys,
                 op_timeout: Duration::from_secs(8),
                 seed: opts.seed,
+                read_rule: opts.mode.read_rule(),
+                read_after_write: opts.mode == Mode::Async,
             },
             Duration::from_secs(30),
         )
@@ -373,21 +537,27 @@ async fn drive(
         return Err(RunError::Interrupted);
     }
 
-    info!("healed; waiting for a master, then the final reads");
-    if let Err(e) = wait_master(&lc, READY_LIMIT, cancel).await {
+    info!("healed; waiting for the group, then the final reads");
+    if let Err(e) = wait_ready(&lc, opts.mode, opts.nodes, READY_LIMIT, cancel).await {
         notes.push(format!("after healing: {e}"));
     }
     tokio::time::sleep(QUIET).await;
-    let reader = workload::connect(&leaders).await?;
+    // Final reads go to the master, or to each file's source server in
+    // async mode: they check what was kept, not how fresh peers are.
+    let reader = workload::connect(&leaders, ReadRule::Master).await?;
     wl.final_reads(&reader, rec, FINAL_READS_LIMIT).await;
 
-    let l = leaders.clone();
-    let conv = tokio::task::spawn_blocking(move || verify(&l))
+    let (l, mode) = (leaders.clone(), opts.mode);
+    let conv = tokio::task::spawn_blocking(move || verify(&l, mode))
         .await
         .unwrap_or_else(|e| Err(e.to_string()));
     match conv {
-        Ok((true, _)) => notes.push("convergence: chorus verify passed".into()),
+        Ok((true, _)) => {
+            *converged = Some(true);
+            notes.push("convergence: chorus verify passed".into())
+        }
         Ok((false, out)) => {
+            *converged = Some(false);
             notes.push(format!("convergence: chorus verify FAILED: {}", out.trim()))
         }
         Err(why) => notes.push(format!("convergence: not checked ({why})")),
@@ -439,8 +609,9 @@ pub async fn run(opts: &RunOpts, cancel: &Cancel) -> Result<RunOutcome, RunError
 
     let rec = Recorder::new();
     let mut notes = Vec::new();
+    let mut converged = None;
     let result = tokio::select! {
-        r = drive(opts, &hosts, cancel, &rec, &mut notes) => r,
+        r = drive(opts, &hosts, cancel, &rec, &mut notes, &mut converged) => r,
         _ = cancel.wait() => Err(RunError::Interrupted),
     };
     {
@@ -459,7 +630,8 @@ pub async fn run(opts: &RunOpts, cancel: &Cancel) -> Result<RunOutcome, RunError
     if let Err(e) = result {
         warn!("run failed: {e}");
         notes.push(format!("run failed: {e}"));
-        let outcome = outcome_of(opts, &dir, &ops, "error", EXIT_ERROR, notes);
+        let mut outcome = outcome_of(opts, &dir, &ops, "error", EXIT_ERROR, notes);
+        outcome.converged = converged;
         write_notes(&dir, &outcome)?;
         if matches!(e, RunError::Interrupted) || ops.is_empty() {
             return Err(e);
@@ -474,12 +646,17 @@ pub async fn run(opts: &RunOpts, cancel: &Cancel) -> Result<RunOutcome, RunError
         Ok(r) => r,
         Err(e) => {
             notes.push(format!("checker: {e}"));
-            let outcome = outcome_of(opts, &dir, &ops, "error", EXIT_ERROR, notes);
+            let mut outcome = outcome_of(opts, &dir, &ops, "error", EXIT_ERROR, notes);
+            outcome.converged = converged;
             write_notes(&dir, &outcome)?;
             return Ok(outcome);
         }
     };
     notes.push(result.summary.clone());
+    let stale_reads = result.stale_reads();
+    if opts.mode == Mode::Async {
+        notes.extend(async_notes(&result));
+    }
     let mut verdict = result.verdict;
     if notes
         .iter()
@@ -496,8 +673,62 @@ pub async fn run(opts: &RunOpts, cancel: &Cancel) -> Result<RunOutcome, RunError
         notes,
     );
     outcome.result = Some(result);
+    outcome.converged = converged;
+    outcome.stale_reads = stale_reads;
+    if outcome.expectation != Expectation::Valid {
+        let (met, why) = outcome.assessment();
+        outcome.notes.push(format!(
+            "expected {}: {} ({why})",
+            outcome.expectation.describe(),
+            if met { "met" } else { "NOT met" }
+        ));
+    }
     write_notes(&dir, &outcome)?;
     Ok(outcome)
+}
+
+/// Anomaly kinds that are staleness: a read that missed acknowledged
+/// changes. Async mode allows them (reads from peers lag behind each
+/// file's source); any other anomaly is a bug in either mode.
+const STALENESS: [AnomalyKind; 3] = [
+    AnomalyKind::Nonlinearizable,
+    AnomalyKind::NonmonotonicRead,
+    AnomalyKind::LostAppend,
+];
+
+/// The notes an async run adds to its verdict: what async mode promises,
+/// the stale reads found, and the anomalies that are not staleness.
+pub fn async_notes(result: &CheckResult) -> Vec<String> {
+    let mut notes = vec![
+        "async mode promises no linearizability: peers serve reads before each file's \
+         source server has pushed its latest changes, so stale reads are expected"
+            .to_string(),
+    ];
+    if let Some(n) = result.stale_reads() {
+        notes.push(format!("stale reads found: {n}"));
+    }
+    let stale: u64 = STALENESS
+        .iter()
+        .filter_map(|k| result.anomaly_counts.get(k))
+        .sum();
+    let other: Vec<String> = result
+        .anomaly_counts
+        .iter()
+        .filter(|(k, _)| !STALENESS.contains(k))
+        .map(|(k, n)| format!("{k}×{n}"))
+        .collect();
+    if result.workload != "register" && stale > 0 {
+        notes.push(format!(
+            "staleness anomalies (allowed in async mode): {stale}"
+        ));
+    }
+    if !other.is_empty() {
+        notes.push(format!(
+            "anomalies async mode does NOT allow: {}",
+            other.join(", ")
+        ));
+    }
+    notes
 }
 
 fn outcome_of(
@@ -517,6 +748,9 @@ fn outcome_of(
         exit_code,
         notes,
         result: None,
+        converged: None,
+        stale_reads: None,
+        expectation: opts.expectation,
     }
 }
 
@@ -529,6 +763,10 @@ fn write_notes(dir: &Path, o: &RunOutcome) -> Result<(), RunError> {
         "events": o.events,
         "nemesis_events": o.nemesis_events,
         "notes": o.notes,
+        "converged": o.converged,
+        "stale_reads": o.stale_reads,
+        "expectation": o.expectation.describe(),
+        "expectation_met": o.assessment().0,
     });
     let p = dir.join("run.json");
     std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap_or_default()).map_err(|source| {
@@ -579,7 +817,8 @@ pub fn suite_runs(quick: bool, out: &Path, seed: u64) -> Vec<RunOpts> {
         }
         p
     };
-    plan.into_iter()
+    let mut runs: Vec<RunOpts> = plan
+        .into_iter()
         .map(|(k, f)| {
             let mut o = RunOpts::new(k, f);
             o.out = out.to_path_buf();
@@ -587,7 +826,24 @@ pub fn suite_runs(quick: bool, out: &Path, seed: u64) -> Vec<RunOpts> {
             o.time_limit = Duration::from_secs(if quick { 20 } else { 60 });
             o
         })
-        .collect()
+        .collect();
+    // Async mode: the register must show stale reads (what async allows)
+    // and the group must still converge, kills included (a killed source
+    // server's files wait for it; pushes resume when it is back).
+    let mut asynchronous = vec![(Kind::Register, vec![Kill])];
+    if !quick {
+        asynchronous.push((Kind::Register, Vec::new()));
+    }
+    for (k, f) in asynchronous {
+        let mut o = RunOpts::new(k, f);
+        o.mode = Mode::Async;
+        o.expectation = Expectation::StaleReadsAndConverged;
+        o.out = out.to_path_buf();
+        o.seed = seed;
+        o.time_limit = Duration::from_secs(if quick { 20 } else { 60 });
+        runs.push(o);
+    }
+    runs
 }
 
 /// The summary of several runs: the report's table of the judged runs,
@@ -607,11 +863,13 @@ pub fn summary(outcomes: &[RunOutcome]) -> String {
         ));
     }
     for o in outcomes.iter().filter(|o| o.result.is_some()) {
-        for n in o
-            .notes
-            .iter()
-            .filter(|n| n.starts_with("convergence") || n.starts_with("node "))
-        {
+        for n in o.notes.iter().filter(|n| {
+            n.starts_with("convergence")
+                || n.starts_with("node ")
+                || n.starts_with("stale reads found")
+                || n.starts_with("expected ")
+                || n.starts_with("anomalies async mode does NOT allow")
+        }) {
             s.push_str(&format!(
                 "{}: {}\n",
                 o.label,
@@ -622,8 +880,9 @@ pub fn summary(outcomes: &[RunOutcome]) -> String {
     s
 }
 
-/// The overall exit code of several runs: any invalid wins, then any
-/// error, then any unknown.
+/// The overall exit code of several runs ([`RunOutcome::suite_exit`] of
+/// each): any invalid (or unmet expectation) wins, then any error, then any
+/// unknown.
 pub fn combined_exit(codes: &[i32]) -> i32 {
     [1, EXIT_ERROR, 2]
         .into_iter()
@@ -653,5 +912,163 @@ mod tests {
         assert!(runs.iter().any(|r| r.workload == Kind::Register));
         assert!(runs.iter().any(|r| r.workload == Kind::ListAppend));
         assert!(runs.iter().any(|r| r.workload == Kind::Set));
+    }
+
+    #[test]
+    fn the_quick_suite_has_one_async_run_expecting_stale_reads() {
+        let runs = suite_runs(true, Path::new("/tmp/x"), 3);
+        let asynchronous: Vec<&RunOpts> = runs.iter().filter(|r| r.mode == Mode::Async).collect();
+        assert_eq!(asynchronous.len(), 1);
+        let a = asynchronous[0];
+        assert_eq!(a.workload, Kind::Register);
+        assert_eq!(a.expectation, Expectation::StaleReadsAndConverged);
+        assert!(a.time_limit <= Duration::from_secs(20));
+        assert_eq!(a.faults, [Fault::Kill]);
+        assert!(a.label().contains("async"));
+        // Every sync run is expected valid.
+        assert!(runs
+            .iter()
+            .filter(|r| r.mode == Mode::Sync)
+            .all(|r| r.expectation == Expectation::Valid));
+        assert_eq!(Mode::Async.read_rule(), ReadRule::Any);
+        assert_eq!(Mode::Sync.read_rule(), ReadRule::Master);
+    }
+
+    #[test]
+    fn async_expectation_needs_stale_reads_and_convergence() {
+        let e = Expectation::StaleReadsAndConverged;
+        let (met, why) = e.assess("invalid", Some(12), Some(true));
+        assert!(met, "{why}");
+        assert_eq!(why, "stale reads found: 12; converged");
+        // Valid is fine too, as long as stale reads were found (the stale
+        // count is a sound witness; the search may give up: unknown).
+        assert!(e.assess("unknown", Some(1), Some(true)).0);
+        let (met, why) = e.assess("valid", Some(0), Some(true));
+        assert!(!met);
+        assert!(why.contains("no stale read"), "{why}");
+        let (met, why) = e.assess("invalid", Some(5), Some(false));
+        assert!(!met);
+        assert!(why.contains("did NOT converge"), "{why}");
+        assert!(!e.assess("invalid", Some(5), None).0);
+        assert!(!e.assess("error", Some(5), Some(true)).0);
+        assert!(!e.assess("invalid", None, Some(true)).0);
+        // Sync runs: the verdict alone (convergence failures already make
+        // it invalid).
+        assert!(Expectation::Valid.assess("valid", None, Some(true)).0);
+        assert!(!Expectation::Valid.assess("invalid", Some(0), Some(true)).0);
+    }
+
+    #[test]
+    fn suite_exit_codes_follow_the_expectation() {
+        let mut sync = RunOpts::new(Kind::Register, vec![]);
+        sync.out = PathBuf::from("/tmp/x");
+        let mut o = RunOutcome::failed(&sync, "boom".into());
+        assert_eq!(o.suite_exit(), EXIT_ERROR);
+        o.verdict = "invalid".into();
+        o.exit_code = 1;
+        assert_eq!(o.suite_exit(), 1);
+
+        let mut asynchronous = sync.clone();
+        asynchronous.mode = Mode::Async;
+        asynchronous.expectation = Expectation::StaleReadsAndConverged;
+        let mut o = RunOutcome::failed(&asynchronous, "boom".into());
+        assert_eq!(o.suite_exit(), EXIT_ERROR);
+        // Invalid with stale reads and converged: the suite passes it.
+        o.verdict = "invalid".into();
+        o.exit_code = 1;
+        o.stale_reads = Some(40);
+        o.converged = Some(true);
+        assert_eq!(o.suite_exit(), 0);
+        assert_eq!(combined_exit(&[0, o.suite_exit()]), 0);
+        // Not converged, or nothing stale: the suite fails it.
+        o.converged = Some(false);
+        assert_eq!(o.suite_exit(), 1);
+        o.converged = Some(true);
+        o.stale_reads = Some(0);
+        o.verdict = "valid".into();
+        o.exit_code = 0;
+        assert_eq!(o.suite_exit(), 1);
+    }
+
+    #[test]
+    fn readiness_is_a_master_in_sync_and_every_member_active_in_async() {
+        use proto::cluster::{ClusterMap, GroupInfo, ReplicationMode, ServerInfo};
+        let srv = |id: u64, status| ServerInfo {
+            id,
+            addr: format!("10.0.0.{id}:23000"),
+            group: GROUP.into(),
+            status,
+            data_version: 0,
+            disk_free: 1,
+            disk_total: 2,
+            status_changed_ms: 0,
+        };
+        let mut map = ClusterMap {
+            version: 5,
+            updated_ms: 0,
+            groups: vec![GroupInfo {
+                name: GROUP.into(),
+                mode: ReplicationMode::Async,
+                members: vec![1, 2, 3],
+                master: None,
+                epoch: 0,
+                master_lease_ms: 3000,
+                epoch_starts: Vec::new(),
+            }],
+            servers: vec![
+                srv(1, ServerStatus::Active),
+                srv(2, ServerStatus::Active),
+                srv(3, ServerStatus::Syncing),
+            ],
+        };
+        assert!(!group_ready(&map, Mode::Async, 3));
+        assert!(group_ready(&map, Mode::Async, 2));
+        assert!(!group_ready(&map, Mode::Sync, 1), "no master");
+        map.server_mut(3).unwrap().status = ServerStatus::Active;
+        assert!(group_ready(&map, Mode::Async, 3));
+        map.groups[0].master = Some(2);
+        assert!(group_ready(&map, Mode::Sync, 3));
+    }
+
+    #[test]
+    fn async_notes_count_stale_reads_and_name_forbidden_anomalies() {
+        use crate::checker::testing::H;
+        use crate::history::OpType;
+        use serde_json::Value;
+        let mut h = H::new();
+        h.call(0, OpType::Ok, "write", "r0", 1, 1);
+        h.call(0, OpType::Ok, "write", "r0", 2, 2);
+        h.call(1, OpType::Ok, "read", "r0", Value::Null, 1);
+        let r = checker::check("register", &h.ops, Budget::default());
+        assert_eq!(r.verdict, Verdict::Invalid);
+        assert_eq!(r.stale_reads(), Some(1));
+        let notes = async_notes(&r);
+        assert!(
+            notes.iter().any(|n| n == "stale reads found: 1"),
+            "{notes:?}"
+        );
+        assert!(notes[0].contains("no linearizability"), "{notes:?}");
+        assert!(!notes.iter().any(|n| n.contains("NOT allow")), "{notes:?}");
+
+        // list-append: a duplicate is not staleness.
+        let mut h = H::new();
+        h.call(0, OpType::Ok, "append", "l0", 1, 1);
+        h.call(
+            1,
+            OpType::Ok,
+            "read",
+            "l0",
+            Value::Null,
+            serde_json::json!([1, 1]),
+        );
+        let r = checker::check("list-append", &h.ops, Budget::default());
+        let notes = async_notes(&r);
+        assert_eq!(r.stale_reads(), None);
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.starts_with("anomalies async mode does NOT allow: duplicate")),
+            "{notes:?}"
+        );
     }
 }

@@ -7,7 +7,12 @@
 //!   `modify` at offset 0 of `v` zero-padded to the width; `read` downloads
 //!   and decodes; `cas [e, n]` downloads (content and version at once),
 //!   fails without writing if the content is not `e`, else modifies with
-//!   `if_version` = the version read (`version_mismatch`: fail).
+//!   `if_version` = the version read (`version_mismatch`: fail). With
+//!   `read_after_write` (async runs) every acknowledged write or cas is
+//!   followed at once by a read of the same key from the same process.
+//!   In an async group the register files are created on the members in
+//!   turn (each becomes its file's source server) and then only modified:
+//!   the SDK sends every modify to the file's source, reads to any member.
 //! * **list-append**: keys `l0..` are appender files, created empty;
 //!   `append v` appends `"v,"` (values unique across the run); `read`
 //!   downloads the whole file and decodes the list.
@@ -27,7 +32,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client::{Client, ClientConfig, ClientError, ErrorCode, UploadOptions};
+use client::{Client, ClientConfig, ClientError, ErrorCode, ReadRule, UploadOptions};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -155,21 +160,30 @@ pub struct WorkloadOpts {
     /// Bound on one operation; past it the operation is `info`.
     pub op_timeout: Duration,
     pub seed: u64,
+    /// Where the workload's reads go (`Any` for async groups, so reads
+    /// reach the peers).
+    pub read_rule: ReadRule,
+    /// register: follow every acknowledged write or compare-and-set by a
+    /// read of the same key from the same process at once (recorded as its
+    /// own operation). A read right after an acknowledgement is where an
+    /// async group's push lag shows.
+    pub read_after_write: bool,
 }
 
 /// The SDK settings workloads use: short timeouts, so faults show as
 /// `info` within an operation timeout.
-pub fn client_config() -> ClientConfig {
+pub fn client_config(read_rule: ReadRule) -> ClientConfig {
     ClientConfig::default()
         .connect_timeout(Duration::from_secs(1))
         .request_timeout(Duration::from_secs(3))
         .cluster_wait(Duration::from_secs(3))
         .retries(1)
+        .read_rule(read_rule)
 }
 
 /// Connect a client to the leaders.
-pub async fn connect(leaders: &[String]) -> Result<Client, WorkloadError> {
-    Client::connect_with(leaders.to_vec(), client_config())
+pub async fn connect(leaders: &[String], read_rule: ReadRule) -> Result<Client, WorkloadError> {
+    Client::connect_with(leaders.to_vec(), client_config(read_rule))
         .await
         .map_err(WorkloadError::Connect)
 }
@@ -341,7 +355,7 @@ impl Workload {
     ) -> Result<(), WorkloadError> {
         let mut tasks = Vec::new();
         for w in 0..self.opts.concurrency {
-            let client = connect(leaders).await?;
+            let client = connect(leaders, self.opts.read_rule).await?;
             let me = self.clone();
             let rec = rec.clone();
             tasks.push(tokio::spawn(async move {
@@ -367,19 +381,42 @@ impl Workload {
             }
             tokio::time::sleep(pause).await;
             let (f, key, value) = self.generate(&mut rng);
-            rec.record(
-                process,
-                OpType::Invoke,
-                f,
-                key.as_deref(),
-                value.clone(),
-                None,
-            );
-            let out = match tokio::time::timeout(
-                self.opts.op_timeout,
-                self.execute(&client, f, key.as_deref(), &value),
-            )
-            .await
+            let kind = self
+                .invoke(&client, &rec, &mut process, f, key.as_deref(), value)
+                .await;
+            let probe = self.opts.read_after_write
+                && self.opts.kind == Kind::Register
+                && kind == OpType::Ok
+                && f != "read";
+            if probe && Instant::now() < stop_at {
+                self.invoke(
+                    &client,
+                    &rec,
+                    &mut process,
+                    "read",
+                    key.as_deref(),
+                    Value::Null,
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Run and record one operation as `process` (replaced by a fresh
+    /// process number when the outcome is unknown); returns the outcome.
+    async fn invoke(
+        &self,
+        client: &Client,
+        rec: &Recorder,
+        process: &mut i64,
+        f: &'static str,
+        key: Option<&str>,
+        value: Value,
+    ) -> OpType {
+        rec.record(*process, OpType::Invoke, f, key, value.clone(), None);
+        let out =
+            match tokio::time::timeout(self.opts.op_timeout, self.execute(client, f, key, &value))
+                .await
             {
                 Ok(o) => o,
                 Err(_) => Outcome {
@@ -395,12 +432,12 @@ impl Workload {
                     )),
                 },
             };
-            let kind = out.kind;
-            rec.record(process, kind, f, key.as_deref(), out.value, out.error);
-            if kind == OpType::Info {
-                process = self.next_process.fetch_add(1, Ordering::Relaxed);
-            }
+        let kind = out.kind;
+        rec.record(*process, kind, f, key, out.value, out.error);
+        if kind == OpType::Info {
+            *process = self.next_process.fetch_add(1, Ordering::Relaxed);
         }
+        kind
     }
 
     fn generate(&self, rng: &mut StdRng) -> (&'static str, Option<String>, Value) {
@@ -592,16 +629,17 @@ impl Workload {
                     }
                 }
                 // Adds whose answer was lost (`info`) may have stored a
-                // file: list the master's files and read every file that
-                // no acknowledged add named, so they count as recovered.
+                // file: list the group's files (the master's; every ACTIVE
+                // member's in an async group) and read every file that no
+                // acknowledged add named, so they count as recovered.
                 let known: std::collections::BTreeSet<String> =
                     self.added.lock().values().cloned().collect();
-                match list_master_files(client).await {
+                match list_group_files(client).await {
                     Ok(ids) => {
                         info!(
                             listed = ids.len(),
                             acknowledged = known.len(),
-                            "set: master's files"
+                            "set: the group's files"
                         );
                         for id in ids.into_iter().filter(|id| !known.contains(id)) {
                             match client.download(&id).await {
@@ -616,7 +654,7 @@ impl Workload {
                             }
                         }
                     }
-                    Err(e) => problems.push(format!("listing the master's files: {e}")),
+                    Err(e) => problems.push(format!("listing the group's files: {e}")),
                 }
                 seen.sort_unstable();
                 if problems.is_empty() {
@@ -636,67 +674,37 @@ impl Workload {
     }
 }
 
-/// Every file id on the master of the group, through `ListFiles` (which
-/// the SDK does not offer: one raw request per page).
-pub async fn list_master_files(client: &Client) -> Result<Vec<String>, String> {
-    use proto::{Message, Reply, Request, RequestEnvelope, ResponseEnvelope};
+/// Every file id of the group: the master's listing in a sync group; in an
+/// async group (no master, each member creates files of its own) the union
+/// of every ACTIVE member's listing.
+pub async fn list_group_files(client: &Client) -> Result<Vec<String>, String> {
     let map = client.cluster_map().ok_or("no cluster map")?;
-    let addr = map
-        .master_of(crate::hosts::GROUP)
-        .map(|s| s.addr.clone())
-        .ok_or("the group has no master")?;
-    let stream = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(&addr),
-    )
-    .await
-    .map_err(|_| format!("connect to {addr} timed out"))?
-    .map_err(|e| format!("connect to {addr}: {e}"))?;
-    let (r, w) = stream.into_split();
-    let mut w = proto::FrameWriter::new(w);
-    let mut r = proto::FrameReader::new(r);
-    let mut out = Vec::new();
-    let mut after = String::new();
-    for id in 1.. {
-        let req = Message::Request(RequestEnvelope {
-            id,
-            client_id: 0,
-            seq: 0,
-            epoch: 0,
-            op: Request::ListFiles {
-                after: after.clone(),
-                limit: 1000,
-            },
-        });
-        w.write(&req, &[]).await.map_err(|e| e.to_string())?;
-        let answer = tokio::time::timeout(Duration::from_secs(5), r.read::<Message>())
-            .await
-            .map_err(|_| "list_files timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        match answer {
-            Some((
-                Message::Response(ResponseEnvelope {
-                    result: Ok(Reply::Files { files, done, .. }),
-                    ..
-                }),
-                _,
-            )) => {
-                if let Some(last) = files.last() {
-                    after = last.file_id.clone();
-                }
-                let empty = files.is_empty();
-                out.extend(files.into_iter().map(|f| f.file_id));
-                if done || empty {
-                    break;
-                }
-            }
-            Some((Message::Response(ResponseEnvelope { result: Err(e), .. }), _)) => {
-                return Err(format!("list_files: {}: {}", e.code.as_str(), e.message))
-            }
-            other => return Err(format!("list_files: unexpected answer {other:?}")),
-        }
+    let g = map
+        .group(crate::hosts::GROUP)
+        .ok_or_else(|| format!("no group {} in the map", crate::hosts::GROUP))?;
+    let addrs: Vec<String> = match map.master_of(&g.name) {
+        Some(m) => vec![m.addr.clone()],
+        None if g.mode == proto::cluster::ReplicationMode::Async => g
+            .members
+            .iter()
+            .filter_map(|id| map.server(*id))
+            .filter(|s| s.status == proto::cluster::ServerStatus::Active)
+            .map(|s| s.addr.clone())
+            .collect(),
+        None => return Err("the group has no master".into()),
+    };
+    if addrs.is_empty() {
+        return Err("the group has no ACTIVE member".into());
     }
-    Ok(out)
+    let mut ids = std::collections::BTreeSet::new();
+    for addr in addrs {
+        let (files, _) = client
+            .list_all_files(&addr)
+            .await
+            .map_err(|e| format!("listing {addr}: {e}"))?;
+        ids.extend(files.into_iter().map(|f| f.file_id));
+    }
+    Ok(ids.into_iter().collect())
 }
 
 #[cfg(test)]

@@ -117,3 +117,57 @@ async fn a_short_register_run_under_kill_completes_with_a_report() {
     let leaked: Vec<&String> = after.iter().filter(|n| !before.contains(n)).collect();
     assert!(leaked.is_empty(), "namespaces left: {leaked:?}");
 }
+
+/// Async mode end to end: a short register run against an async group.
+/// Reads go to any member, so the checker must find stale reads (async
+/// mode promises no linearizability), and the group must still converge;
+/// the outcome says both, and the suite would pass the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_short_async_register_run_shows_stale_reads_and_converges() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping the namespace run: {why}");
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let mut opts = RunOpts::new(Kind::Register, Vec::new());
+    opts.mode = runner::Mode::Async;
+    opts.expectation = runner::Expectation::StaleReadsAndConverged;
+    opts.out = out.path().to_path_buf();
+    opts.time_limit = Duration::from_secs(8);
+    opts.seed = 7;
+    opts.concurrency = 4;
+    opts.rate = 40.0;
+    opts.name = Some("async-run".into());
+    let cancel = Cancel::never();
+    let outcome = tokio::time::timeout(LIMIT, runner::run(&opts, &cancel))
+        .await
+        .expect("run within its bound")
+        .expect("run carried out");
+    let stale = outcome.stale_reads.unwrap_or(0);
+    assert!(stale > 0, "no stale read: {:?}", outcome.notes);
+    assert!(
+        outcome
+            .notes
+            .iter()
+            .any(|n| n == &format!("stale reads found: {stale}")),
+        "{:?}",
+        outcome.notes
+    );
+    assert!(
+        outcome
+            .notes
+            .iter()
+            .any(|n| n.contains("promises no linearizability")),
+        "{:?}",
+        outcome.notes
+    );
+    assert_eq!(outcome.verdict, "invalid", "{:?}", outcome.notes);
+    assert_eq!(outcome.converged, Some(true), "{:?}", outcome.notes);
+    assert_eq!(outcome.suite_exit(), 0, "{:?}", outcome.notes);
+    let run: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("async-run/run.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(run["stale_reads"], stale);
+    assert_eq!(run["expectation_met"], true);
+}

@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use client::leader::{ClientTimeouts, LeaderClient};
-use proto::cluster::{ClusterMap, LeaderStatus, ServerStatus};
+use proto::cluster::{ClusterMap, LeaderStatus, ReplicationMode, ServerStatus};
 use proto::units::format_size;
 use serde::Serialize;
 use serde_json::json;
@@ -63,14 +63,19 @@ pub struct ServerRow {
     pub group: String,
     /// Lower-case status name ("active", "offline", ...).
     pub status: String,
-    /// "master" or "slave".
+    /// "master" or "slave" (sync groups), "peer" (async groups).
     pub role: String,
     /// The latest reported data version (live heartbeat figure when the
     /// Raft leader has one, else the map's).
     pub data_version: u64,
     /// The master's data version minus this server's (none without a
-    /// master).
+    /// master, so none in async groups, whose members number their own
+    /// changes).
     pub lag: Option<u64>,
+    /// Async groups: how far behind (ms) this server's pushes to its peers
+    /// are, from its last heartbeat (none in sync groups, or when the Raft
+    /// leader has no live figure for it).
+    pub sync_delay_ms: Option<u64>,
     pub disk_free: u64,
     pub disk_total: u64,
     /// Milliseconds since the Raft leader last heard from it (none when it
@@ -151,7 +156,9 @@ pub fn build_report(
         .servers
         .iter()
         .map(|s| {
-            let master = map.group(&s.group).and_then(|g| g.master);
+            let group = map.group(&s.group);
+            let master = group.and_then(|g| g.master);
+            let is_async = group.is_some_and(|g| g.mode == ReplicationMode::Async);
             let l = live(s.id);
             let version = version_of(s.id).unwrap_or(s.data_version);
             ServerRow {
@@ -159,7 +166,9 @@ pub fn build_report(
                 address: s.addr.clone(),
                 group: s.group.clone(),
                 status: s.status.as_str().to_ascii_lowercase(),
-                role: if master == Some(s.id) {
+                role: if is_async {
+                    "peer"
+                } else if master == Some(s.id) {
                     "master"
                 } else {
                     "slave"
@@ -167,8 +176,10 @@ pub fn build_report(
                 .to_string(),
                 data_version: version,
                 lag: master
+                    .filter(|_| !is_async)
                     .and_then(version_of)
                     .map(|mv| mv.saturating_sub(version)),
+                sync_delay_ms: l.filter(|_| is_async).map(|l| l.sync_delay_ms),
                 disk_free: l.map_or(s.disk_free, |l| l.disk_free),
                 disk_total: l.map_or(s.disk_total, |l| l.disk_total),
                 last_heartbeat_ms: l.map(|l| l.ms_since_heartbeat),
@@ -320,6 +331,7 @@ pub fn render(r: &StatusReport) -> String {
                 match (&g.master, &g.master_address) {
                     (Some(id), Some(a)) => format!("{id} ({a})"),
                     (Some(id), None) => id.to_string(),
+                    _ if g.mode == ReplicationMode::Async.as_str() => "- (async: none)".into(),
                     _ => "none".into(),
                 },
                 g.epoch.to_string(),
@@ -336,11 +348,18 @@ pub fn render(r: &StatusReport) -> String {
         &rows,
     ));
     out.push_str("\n\nSERVERS\n");
+    // The sync delay column only when some group replicates asynchronously.
+    let async_groups: Vec<&str> = r
+        .groups
+        .iter()
+        .filter(|g| g.mode == ReplicationMode::Async.as_str())
+        .map(|g| g.name.as_str())
+        .collect();
     let rows: Vec<Vec<String>> = r
         .servers
         .iter()
         .map(|s| {
-            vec![
+            let mut row = vec![
                 s.id.to_string(),
                 s.address.clone(),
                 s.group.clone(),
@@ -354,24 +373,41 @@ pub fn render(r: &StatusReport) -> String {
                     format_size(s.disk_total)
                 ),
                 age(s.last_heartbeat_ms),
-            ]
+            ];
+            if !async_groups.is_empty() {
+                row.push(sync_delay(s, &async_groups));
+            }
+            row
         })
         .collect();
-    out.push_str(&table(
-        &[
-            "ID",
-            "ADDRESS",
-            "GROUP",
-            "STATUS",
-            "ROLE",
-            "VERSION",
-            "LAG",
-            "DISK FREE / TOTAL",
-            "HEARTBEAT",
-        ],
-        &rows,
-    ));
+    let mut head = vec![
+        "ID",
+        "ADDRESS",
+        "GROUP",
+        "STATUS",
+        "ROLE",
+        "VERSION",
+        "LAG",
+        "DISK FREE / TOTAL",
+        "HEARTBEAT",
+    ];
+    if !async_groups.is_empty() {
+        head.push("SYNC DELAY");
+    }
+    out.push_str(&table(&head, &rows));
     out
+}
+
+/// The SYNC DELAY cell: `12 ms` for a member of an async group with a live
+/// figure, `?` for one without, `-` in sync groups.
+fn sync_delay(s: &ServerRow, async_groups: &[&str]) -> String {
+    if !async_groups.contains(&s.group.as_str()) {
+        return "-".into();
+    }
+    match s.sync_delay_ms {
+        Some(ms) => format!("{ms} ms"),
+        None => "?".into(),
+    }
 }
 
 fn show(out: Output, r: &StatusReport, redraw: bool) -> CliResult {
@@ -486,7 +522,7 @@ pub async fn server(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::cluster::{GroupInfo, LeaderRedirect, ReplicationMode, ServerInfo, ServerLive};
+    use proto::cluster::{GroupInfo, LeaderRedirect, ServerInfo, ServerLive};
 
     fn leader(id: u64, role: &str, live: Vec<ServerLive>) -> LeaderStatus {
         LeaderStatus {
@@ -610,5 +646,100 @@ mod tests {
         for key in ["id", "address", "group", "status", "role"] {
             assert!(v["servers"][0].get(key).is_some(), "{key}");
         }
+    }
+
+    #[test]
+    fn async_groups_show_peers_and_each_servers_sync_delay() {
+        let mut a3 = srv(3, ServerStatus::Active, 4);
+        a3.group = "group2".into();
+        let mut a4 = srv(4, ServerStatus::Syncing, 0);
+        a4.group = "group2".into();
+        let map = ClusterMap {
+            version: 12,
+            updated_ms: 0,
+            groups: vec![
+                GroupInfo {
+                    name: "group1".into(),
+                    mode: ReplicationMode::Sync,
+                    members: vec![1, 2],
+                    master: Some(1),
+                    epoch: 2,
+                    master_lease_ms: 3000,
+                    epoch_starts: Vec::new(),
+                },
+                GroupInfo {
+                    name: "group2".into(),
+                    mode: ReplicationMode::Async,
+                    members: vec![3, 4],
+                    master: None,
+                    epoch: 0,
+                    master_lease_ms: 3000,
+                    epoch_starts: Vec::new(),
+                },
+            ],
+            servers: vec![
+                srv(1, ServerStatus::Active, 10),
+                srv(2, ServerStatus::Active, 10),
+                a3,
+                a4,
+            ],
+        };
+        let live = |id, delay| ServerLive {
+            id,
+            ms_since_heartbeat: 100,
+            data_version: 10,
+            disk_free: 7,
+            disk_total: 9,
+            sync_delay_ms: delay,
+        };
+        // Server 4 has no live figure (e.g. just after a leader change).
+        let statuses = vec![(
+            "127.0.0.1:7101".to_string(),
+            Ok(leader(
+                1,
+                "leader",
+                vec![live(1, 0), live(2, 0), live(3, 37)],
+            )),
+        )];
+        let r = build_report(&statuses, &map);
+        let s: Vec<(&str, Option<u64>, Option<u64>)> = r
+            .servers
+            .iter()
+            .map(|s| (s.role.as_str(), s.lag, s.sync_delay_ms))
+            .collect();
+        assert_eq!(
+            s,
+            [
+                ("master", Some(0), None),
+                ("slave", Some(0), None),
+                ("peer", None, Some(37)),
+                ("peer", None, None),
+            ]
+        );
+        assert_eq!(r.groups[1].mode, "async");
+        assert_eq!(r.groups[1].master, None);
+        let text = render(&r);
+        assert!(text.contains("SYNC DELAY"), "{text}");
+        assert!(text.contains("37 ms"), "{text}");
+        assert!(text.contains("- (async: none)"), "{text}");
+        let line = |id: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(id) && l.contains("127.0.0.1:711"))
+                .unwrap()
+                .to_string()
+        };
+        assert!(line("4 ").trim_end().ends_with('?'), "{text}");
+        assert!(line("1 ").trim_end().ends_with('-'), "{text}");
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["servers"][2]["sync_delay_ms"], 37);
+        assert!(v["servers"][0]["sync_delay_ms"].is_null());
+        assert_eq!(v["groups"][1]["mode"], "async");
+
+        // A sync-only cluster keeps its table as it was.
+        let mut sync_only = map.clone();
+        sync_only.groups.truncate(1);
+        sync_only.servers.truncate(2);
+        let text = render(&build_report(&statuses, &sync_only));
+        assert!(!text.contains("SYNC DELAY"), "{text}");
     }
 }

@@ -5,6 +5,7 @@
 //! per-task buffer reused across operations, so the client side allocates
 //! nothing per operation for the data itself.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,7 @@ use serde_json::json;
 
 use crate::cli::{BenchArgs, BenchOp};
 use crate::endpoint::Endpoint;
+use crate::lag::{LagSummary, Prober, Sample, SAMPLE_EVERY};
 use crate::output::{exit, CliError, CliResult, Output};
 
 /// Largest latency the histogram tracks (microseconds); longer ones are
@@ -49,6 +51,9 @@ pub struct Summary {
     pub p99_us: u64,
     pub max_us: u64,
     pub mean_us: f64,
+    /// `--replica-lag`: how long the other members took to have sampled
+    /// uploads.
+    pub replica_lag: Option<LagSummary>,
 }
 
 fn new_hist() -> CliResult<Histogram<u64>> {
@@ -121,6 +126,26 @@ struct Plan {
     ids: Arc<Vec<String>>,
     measure_from: Instant,
     end: Instant,
+    /// `--replica-lag`: where sampled uploads go (the prober's channel).
+    lag: Option<tokio::sync::mpsc::UnboundedSender<Sample>>,
+    /// Measured uploads so far, for sampling one in [`SAMPLE_EVERY`].
+    uploads: AtomicU64,
+}
+
+impl Plan {
+    /// Hand a measured upload to the replica-lag prober, one in
+    /// [`SAMPLE_EVERY`] (a channel send: nothing waits for the probe).
+    fn sample(&self, file_id: String, acked: Instant) {
+        if let Some(tx) = &self.lag {
+            if self
+                .uploads
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(SAMPLE_EVERY)
+            {
+                let _ = tx.send(Sample { file_id, acked });
+            }
+        }
+    }
 }
 
 async fn task(client: Client, plan: Arc<Plan>, index: usize) -> CliResult<TaskResult> {
@@ -145,11 +170,15 @@ async fn task(client: Client, plan: Arc<Plan>, index: usize) -> CliResult<TaskRe
             BenchOp::Download => false,
             BenchOp::Mixed => next_rand(&mut rng) & 1 == 0,
         };
+        let mut uploaded = None;
         let outcome = if upload {
             client
                 .upload(&plan.data, UploadOptions::default())
                 .await
-                .map(|s| s.size)
+                .map(|s| {
+                    uploaded = Some(s.file_id);
+                    s.size
+                })
         } else {
             let id = &plan.ids[next_file % plan.ids.len()];
             next_file = next_file.wrapping_add(1);
@@ -164,6 +193,9 @@ async fn task(client: Client, plan: Arc<Plan>, index: usize) -> CliResult<TaskRe
             continue;
         }
         res.last_done = Some(t1);
+        if let Some(id) = uploaded {
+            plan.sample(id, t1);
+        }
         match outcome {
             Ok(bytes) => {
                 res.ops += 1;
@@ -193,6 +225,14 @@ pub async fn run(ep: &Endpoint, cfg: ClientConfig, args: BenchArgs, out: Output)
     if args.op != BenchOp::Upload && args.files == 0 {
         return Err(CliError::usage("--files must be at least 1"));
     }
+    if args.replica_lag {
+        ep.leaders("--replica-lag")?;
+        if args.op == BenchOp::Download {
+            return Err(CliError::usage(
+                "--replica-lag samples uploads: use --op upload or --op mixed",
+            ));
+        }
+    }
     let cfg = cfg.retries(0);
     let data = Arc::new(payload(args.size));
     let ids = if args.op == BenchOp::Upload {
@@ -207,6 +247,16 @@ pub async fn run(ep: &Endpoint, cfg: ClientConfig, args: BenchArgs, out: Output)
     for _ in 0..args.concurrency {
         clients.push(ep.connect(cfg.clone().pool_size(1)).await?);
     }
+    // The prober follows the map with a client of its own and asks the
+    // members directly, on tasks of its own.
+    let prober = if args.replica_lag {
+        let probe_client = ep
+            .connect(cfg.clone().pool_size(args.concurrency.max(8)))
+            .await?;
+        Some(Prober::start(probe_client))
+    } else {
+        None
+    };
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let plan = Arc::new(Plan {
@@ -215,6 +265,8 @@ pub async fn run(ep: &Endpoint, cfg: ClientConfig, args: BenchArgs, out: Output)
         ids,
         measure_from,
         end: measure_from + Duration::from_secs_f64(args.duration),
+        lag: prober.as_ref().map(Prober::sender),
+        uploads: AtomicU64::new(0),
     });
     let mut set = tokio::task::JoinSet::new();
     for (i, c) in clients.into_iter().enumerate() {
@@ -224,7 +276,12 @@ pub async fn run(ep: &Endpoint, cfg: ClientConfig, args: BenchArgs, out: Output)
     while let Some(r) = set.join_next().await {
         results.push(r.map_err(|e| CliError::new("internal", e.to_string(), exit::OTHER))??);
     }
-    let summary = summarize(&args, plan.measure_from, &results)?;
+    let mut summary = summarize(&args, plan.measure_from, &results)?;
+    // Every task is done: the plan's sender is the last one.
+    drop(plan);
+    if let Some(p) = prober {
+        summary.replica_lag = Some(p.finish().await?);
+    }
     let first_error = results.iter_mut().find_map(|r| r.first_error.take());
     if summary.ops == 0 {
         return Err(first_error
@@ -286,12 +343,13 @@ fn summarize(
         p99_us: q(0.99),
         max_us: if ops == 0 { 0 } else { hist.max() },
         mean_us: if ops == 0 { 0.0 } else { hist.mean() },
+        replica_lag: None,
     })
 }
 
 fn print(s: &Summary, out: Output) -> CliResult {
     if out.json {
-        return out.json_value(&json!({
+        let mut v = json!({
             "op": s.op,
             "size": s.size,
             "concurrency": s.concurrency,
@@ -309,9 +367,13 @@ fn print(s: &Summary, out: Output) -> CliResult {
                 "max": s.max_us,
                 "mean": s.mean_us,
             },
-        }));
+        });
+        if let (Some(lag), Some(obj)) = (&s.replica_lag, v.as_object_mut()) {
+            obj.insert("replica_lag_ms".into(), lag.to_json());
+        }
+        return out.json_value(&v);
     }
-    out.text(&format!(
+    let mut text = format!(
         "bench {op}: {size} per op, {conc} connections, {dur:.1} s measured (warmup {warm:.1} s)\n\
          ops          {ops} ({ops_s:.1} ops/s)\n\
          throughput   {mib:.2} MiB/s\n\
@@ -331,7 +393,12 @@ fn print(s: &Summary, out: Output) -> CliResult {
         p99 = s.p99_us,
         max = s.max_us,
         mean = s.mean_us,
-    ))
+    );
+    if let Some(lag) = &s.replica_lag {
+        text.push('\n');
+        text.push_str(&lag.to_text());
+    }
+    out.text(&text)
 }
 
 #[cfg(test)]
@@ -356,6 +423,7 @@ mod tests {
             duration: 2.0,
             warmup: 0.0,
             files: 1,
+            replica_lag: false,
         };
         let t0 = Instant::now();
         let mut a = TaskResult {

@@ -115,17 +115,27 @@ pub struct FailoverArgs {
 Every member that is not DELETED is listed directly (masters and slaves \
 alike) and compared file by file with the master's listing (without a \
 listed master, the member with the highest data version). OFFLINE members \
-are shown as skipped unless --all is given. Run it when writes have \
-stopped: a listing taken during writes is not a snapshot. Text output shows \
-a line per member and at most 50 differences; --json has them all. Exit \
-status: 0 all listed members agree, 6 they differ, 5 they agree but a \
-member could not be listed (or none could), 3 no such group.")]
+are shown as skipped unless --all is given. In an async group (no master) \
+only ACTIVE members are listed unless --all, and each file is compared \
+across every listed member with its source server's copy (or, when the \
+source is not listed, with the copy most members hold); pushes run behind \
+writes, so --wait SECS lists again every second while they differ. Run it \
+when writes have stopped: a listing taken during writes is not a snapshot. \
+Text output shows a line per member and at most 50 differences; --json has \
+them all. Exit status: 0 all listed members agree, 6 they differ, 5 they \
+agree but a member could not be listed (or none could), 3 no such group.")]
 pub struct VerifyArgs {
     /// The group, e.g. group1.
     pub group: String,
-    /// Also list OFFLINE members (they are skipped by default).
+    /// Also list OFFLINE members (and, in an async group, members that are
+    /// not ACTIVE); they are skipped by default.
     #[arg(long)]
     pub all: bool,
+    /// Async groups: while the members differ, list again every second for
+    /// up to this many seconds (pushes still under way). Sync groups are
+    /// listed once.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_secs, value_name = "SECS")]
+    pub wait: f64,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -278,7 +288,10 @@ back to back for --duration seconds (after --warmup seconds that are not \
 counted). `download` and `mixed` first upload --files files of --size bytes \
 and then read them round-robin; `mixed` picks upload or download with \
 probability 1/2 per operation. Downloads are checked against the file's crc32. \
-Latencies are per operation, in microseconds.")]
+Latencies are per operation, in microseconds. With --leaders, uploads follow \
+the cluster's routing (an async group spreads them over its ACTIVE members); \
+--replica-lag adds the time until the other members have a sampled upload \
+(the push delay of an async group; about one round trip in a sync group).")]
 pub struct BenchArgs {
     /// Workload.
     #[arg(long, value_enum, default_value_t = BenchOp::Upload)]
@@ -298,6 +311,12 @@ pub struct BenchArgs {
     /// Files to pre-upload for download and mixed.
     #[arg(long, default_value_t = 64)]
     pub files: usize,
+    /// Cluster mode: also measure replica lag. One measured upload in 20 is
+    /// sampled; every other ACTIVE member of its group is then asked
+    /// directly (`exists`, every ~1 ms, up to 10 s) until it has the file,
+    /// on separate tasks. Reports p50/p90/p99/max in ms.
+    #[arg(long)]
+    pub replica_lag: bool,
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {

@@ -12,6 +12,7 @@ mod cli;
 mod dev;
 mod endpoint;
 mod files;
+mod lag;
 mod output;
 mod progress;
 mod verify;

@@ -3,10 +3,19 @@
 //!
 //! The map comes from the leaders (a linearizable read); every member that
 //! is not DELETED is listed directly (`ListFiles`, answered whatever the
-//! member's role or status), all at once, page by page. OFFLINE members
-//! are skipped unless `--all`. The reference copy is the master's listing
-//! (or, without a listed master, the member with the highest data
-//! version); every other member is compared with it file by file.
+//! member's role or status), all at once, page by page.
+//!
+//! * **Sync groups**: OFFLINE members are skipped unless `--all`. The
+//!   reference copy is the master's listing (or, without a listed master,
+//!   the member with the highest data version); every other member is
+//!   compared with it file by file.
+//! * **Async groups** (no master): only ACTIVE members are listed unless
+//!   `--all` (the others are still copying). Every listed member is
+//!   compared with every other, file by file: each file's reference copy
+//!   is its source server's (the member named in the file id, which alone
+//!   applies its changes), or, when the source was not listed, the copy
+//!   most listed members hold. Pushes run behind writes, so `--wait SECS`
+//!   lists again (every second, up to SECS) while the members differ.
 //!
 //! Exit status: 0 when every listed member agrees with the reference,
 //! [`EXIT_DIFFER`] when some differ, 5 (unreachable) when they agree but a
@@ -14,10 +23,10 @@
 //! could.
 
 use std::cmp::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use client::{Client, ClientConfig, FileSummary};
-use proto::cluster::{ClusterMap, ServerId, ServerStatus};
+use proto::cluster::{ClusterMap, GroupInfo, ReplicationMode, ServerId, ServerStatus};
 use serde::Serialize;
 
 use crate::admin::leader_client;
@@ -62,7 +71,7 @@ impl FileState {
 }
 
 /// How a member's copy of a file differs from the reference.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
 pub enum DiffKind {
     /// The reference has the file, the member does not.
@@ -95,9 +104,10 @@ pub struct MemberReport {
     pub address: String,
     /// Lower-case status from the map ("active", "offline", ...).
     pub status: String,
-    /// "master" or "slave".
+    /// "master" or "slave" (sync groups), "peer" (async groups).
     pub role: String,
-    /// Not listed: OFFLINE (without `--all`).
+    /// Not listed: OFFLINE, or not ACTIVE in an async group (without
+    /// `--all`).
     pub skipped: bool,
     /// Listed successfully.
     pub listed: bool,
@@ -107,7 +117,7 @@ pub struct MemberReport {
     pub data_version: Option<u64>,
     pub files: Option<usize>,
     pub bytes: Option<u64>,
-    /// The reference copy everyone else is compared with.
+    /// The reference copy everyone else is compared with (sync groups).
     pub reference: bool,
     /// Differences from the reference.
     pub differences: usize,
@@ -117,11 +127,18 @@ pub struct MemberReport {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct VerifyReport {
     pub group: String,
+    /// The group's replication mode, "sync" or "async".
+    pub mode: String,
     pub map_version: u64,
     pub epoch: u64,
     pub master: Option<ServerId>,
-    /// The member whose listing is the reference (none: nothing listed).
+    /// The member whose listing is the reference (none: nothing listed,
+    /// or an async group, where each file's source server is its
+    /// reference).
     pub reference: Option<ServerId>,
+    /// How many times the members were listed (more than once only when
+    /// `--wait` let an async group settle).
+    pub rounds: u32,
     pub members: Vec<MemberReport>,
     pub compared: usize,
     pub skipped: usize,
@@ -163,19 +180,27 @@ fn members_to_list(
             exit::NOT_FOUND,
         ));
     };
+    let is_async = g.mode == ReplicationMode::Async;
     let mut out = Vec::new();
     for &id in &g.members {
         let Some(s) = map.server(id) else { continue };
         if s.status == ServerStatus::Deleted {
             continue;
         }
-        let skipped = s.status == ServerStatus::Offline && !all;
+        let skipped = !all
+            && if is_async {
+                s.status != ServerStatus::Active
+            } else {
+                s.status == ServerStatus::Offline
+            };
         out.push((
             MemberReport {
                 id,
                 address: s.addr.clone(),
                 status: s.status.as_str().to_ascii_lowercase(),
-                role: if g.master == Some(id) {
+                role: if is_async {
+                    "peer"
+                } else if g.master == Some(id) {
                     "master"
                 } else {
                     "slave"
@@ -266,6 +291,82 @@ pub fn diff_listings(
     }
 }
 
+/// Async groups: compare every listing with every other. Each file's
+/// reference copy is its source server's when the source was listed (a
+/// file the source no longer has is `extra` wherever it remains), else the
+/// copy most listings hold (ties: the lowest server id's); a member is
+/// reported for every file where it differs from that reference.
+/// `listings` are (server, files sorted by id).
+pub fn diff_async(listings: &[(ServerId, &[FileSummary])]) -> Vec<Difference> {
+    use std::collections::BTreeMap;
+    // file id -> (server -> its copy), over every listing.
+    let mut files: BTreeMap<&str, BTreeMap<ServerId, FileState>> = BTreeMap::new();
+    for (server, list) in listings {
+        for f in *list {
+            files
+                .entry(f.file_id.as_str())
+                .or_default()
+                .insert(*server, f.into());
+        }
+    }
+    let listed: Vec<ServerId> = listings.iter().map(|(id, _)| *id).collect();
+    let mut out = Vec::new();
+    for (file_id, copies) in files {
+        let source = proto::FileId::parse(file_id)
+            .ok()
+            .map(|id| ServerId::from(id.source_server()))
+            .filter(|s| listed.contains(s));
+        let expected: Option<FileState> = match source {
+            Some(src) => copies.get(&src).cloned(),
+            None => {
+                // The most common copy; BTreeMap order makes ties go to
+                // the lowest server id holding it.
+                let mut best: Option<(&FileState, usize)> = None;
+                for c in copies.values() {
+                    let n = copies.values().filter(|o| *o == c).count();
+                    if best.is_none_or(|(_, bn)| n > bn) {
+                        best = Some((c, n));
+                    }
+                }
+                best.map(|(c, _)| c.clone())
+            }
+        };
+        for &server in &listed {
+            let found = copies.get(&server).cloned();
+            let (kind, fields) = match (&expected, &found) {
+                (None, None) => continue,
+                (Some(_), None) => (DiffKind::Missing, Vec::new()),
+                (None, Some(_)) => (DiffKind::Extra, Vec::new()),
+                (Some(e), Some(f)) => {
+                    let mut fields = Vec::new();
+                    if e.size != f.size {
+                        fields.push("size");
+                    }
+                    if e.crc32 != f.crc32 {
+                        fields.push("crc32");
+                    }
+                    if e.version != f.version {
+                        fields.push("version");
+                    }
+                    if fields.is_empty() {
+                        continue;
+                    }
+                    (DiffKind::Mismatch, fields)
+                }
+            };
+            out.push(Difference {
+                file_id: file_id.to_string(),
+                server,
+                kind,
+                fields,
+                expected: expected.clone(),
+                found,
+            });
+        }
+    }
+    out
+}
+
 /// Build the report from the map's view of the group and each member's
 /// listing (`None` for skipped members).
 pub fn build_report(
@@ -274,6 +375,7 @@ pub fn build_report(
     members: Vec<(MemberReport, Option<Listing>)>,
 ) -> VerifyReport {
     let g = map.group(group);
+    let is_async = g.is_some_and(|g| g.mode == ReplicationMode::Async);
     let master = g.and_then(|g| g.master);
     let mut rows = Vec::with_capacity(members.len());
     let mut listings: Vec<(ServerId, Vec<FileSummary>, u64)> = Vec::new();
@@ -290,6 +392,17 @@ pub fn build_report(
             Some(Err(e)) => row.error = Some(e),
         }
         rows.push(row);
+    }
+    if is_async {
+        let lists: Vec<(ServerId, &[FileSummary])> = listings
+            .iter()
+            .map(|(id, files, _)| (*id, files.as_slice()))
+            .collect();
+        let differences = diff_async(&lists);
+        for row in rows.iter_mut() {
+            row.differences = differences.iter().filter(|d| d.server == row.id).count();
+        }
+        return finish(map, group, g, None, rows, differences);
     }
     // The master's copy is the truth in sync mode; without it, the most
     // advanced member's.
@@ -319,15 +432,28 @@ pub fn build_report(
             row.reference = true;
         }
     }
+    finish(map, group, g, reference, rows, differences)
+}
+
+fn finish(
+    map: &ClusterMap,
+    group: &str,
+    g: Option<&GroupInfo>,
+    reference: Option<ServerId>,
+    rows: Vec<MemberReport>,
+    differences: Vec<Difference>,
+) -> VerifyReport {
     let compared = rows.iter().filter(|r| r.listed).count();
     let skipped = rows.iter().filter(|r| r.skipped).count();
     let unreachable = rows.iter().filter(|r| r.error.is_some()).count();
     VerifyReport {
         group: group.to_string(),
+        mode: g.map_or(ReplicationMode::Sync, |g| g.mode).to_string(),
         map_version: map.version,
         epoch: g.map_or(0, |g| g.epoch),
-        master,
+        master: g.and_then(|g| g.master),
         reference,
+        rounds: 1,
         members: rows,
         compared,
         skipped,
@@ -367,13 +493,28 @@ fn describe_diff(d: &Difference) -> String {
 /// The human rendering: a line per member, one per difference (at most
 /// [`MAX_PRINTED`]), and a verdict.
 pub fn render(r: &VerifyReport) -> String {
-    let mut out = format!(
-        "group {}: epoch {}, master {}, map version {}\n",
-        r.group,
-        r.epoch,
-        r.master.map_or("none".to_string(), |m| m.to_string()),
-        r.map_version
-    );
+    let is_async = r.mode == ReplicationMode::Async.as_str();
+    let mut out = if is_async {
+        format!(
+            "group {} (async): no master; each file compared with its source server's copy \
+             (or the copy most members hold), map version {}{}\n",
+            r.group,
+            r.map_version,
+            if r.rounds > 1 {
+                format!(", listed {} times", r.rounds)
+            } else {
+                String::new()
+            }
+        )
+    } else {
+        format!(
+            "group {}: epoch {}, master {}, map version {}\n",
+            r.group,
+            r.epoch,
+            r.master.map_or("none".to_string(), |m| m.to_string()),
+            r.map_version
+        )
+    };
     for m in &r.members {
         let head = format!(
             "  server {} {} {} {}",
@@ -383,7 +524,14 @@ pub fn render(r: &VerifyReport) -> String {
             m.role
         );
         let tail = if m.skipped {
-            "skipped (offline; --all to include)".to_string()
+            format!(
+                "skipped ({}; --all to include)",
+                if m.status == "offline" {
+                    "offline"
+                } else {
+                    "not ACTIVE in an async group"
+                }
+            )
         } else if let Some(e) = &m.error {
             format!("UNREACHABLE: {e}")
         } else {
@@ -416,8 +564,9 @@ pub fn render(r: &VerifyReport) -> String {
     let files = r
         .members
         .iter()
-        .find(|m| m.reference)
-        .and_then(|m| m.files)
+        .filter(|m| m.reference || (is_async && m.listed))
+        .filter_map(|m| m.files)
+        .max()
         .unwrap_or(0);
     let verdict = if !r.agree {
         format!(
@@ -442,17 +591,16 @@ pub fn render(r: &VerifyReport) -> String {
     out
 }
 
-/// `chorus verify GROUP [--all]`.
-pub async fn run(
-    leaders: &[String],
-    cfg: ClientConfig,
-    timeout: Duration,
-    args: VerifyArgs,
-    out: Output,
-) -> CliResult {
-    let map = leader_client(leaders, timeout).get_map(true).await?;
-    let to_list = members_to_list(&map, &args.group, args.all)?;
-    let client = Client::connect_with(leaders.to_vec(), cfg).await?;
+/// Pause between listings while an async group settles (`--wait`).
+const SETTLE_PAUSE: Duration = Duration::from_secs(1);
+
+/// List every member of the group `map` shows (at once) and compare.
+async fn list_and_compare(
+    client: &Client,
+    map: &ClusterMap,
+    args: &VerifyArgs,
+) -> CliResult<VerifyReport> {
+    let to_list = members_to_list(map, &args.group, args.all)?;
     let mut set = tokio::task::JoinSet::new();
     for (i, (row, skipped)) in to_list.iter().enumerate() {
         if *skipped {
@@ -489,7 +637,39 @@ pub async fn run(
             (row, l)
         })
         .collect();
-    let report = build_report(&map, &args.group, members);
+    Ok(build_report(map, &args.group, members))
+}
+
+/// `chorus verify GROUP [--all] [--wait SECS]`.
+pub async fn run(
+    leaders: &[String],
+    cfg: ClientConfig,
+    timeout: Duration,
+    args: VerifyArgs,
+    out: Output,
+) -> CliResult {
+    let lc = leader_client(leaders, timeout);
+    let client = Client::connect_with(leaders.to_vec(), cfg).await?;
+    let settle_until = Instant::now() + Duration::from_secs_f64(args.wait.max(0.0));
+    let mut rounds = 0u32;
+    let report = loop {
+        let map = lc.get_map(true).await?;
+        let mut report = list_and_compare(&client, &map, &args).await?;
+        rounds += 1;
+        report.rounds = rounds;
+        let settling = report.mode == ReplicationMode::Async.as_str()
+            && !report.agree
+            && Instant::now() + SETTLE_PAUSE <= settle_until;
+        if !settling {
+            break report;
+        }
+        tracing::info!(
+            differences = report.difference_count,
+            "async group {} differs; listing again",
+            report.group
+        );
+        tokio::time::sleep(SETTLE_PAUSE).await;
+    };
     if out.json {
         print_json(&report)?;
     } else {
@@ -727,5 +907,145 @@ mod tests {
         let v = serde_json::to_value(&r).unwrap();
         assert_eq!(v["differences"].as_array().unwrap().len(), 120);
         assert_eq!(v["members"][1]["differences"], 120);
+    }
+
+    /// g1 as an async group: members 1, 2 (ACTIVE), 3 (SYNCING), 4 (OFFLINE).
+    fn async_map() -> ClusterMap {
+        let mut m = map(None);
+        m.groups[0].mode = ReplicationMode::Async;
+        m.groups[0].epoch = 0;
+        m.server_mut(3).unwrap().status = ServerStatus::Syncing;
+        m.server_mut(4).unwrap().status = ServerStatus::Offline;
+        m
+    }
+
+    fn id_from(source: u32) -> String {
+        proto::FileId::generate("g1", 0, source, 1_700_000_000, 1, 0, "")
+            .unwrap()
+            .to_string()
+    }
+
+    fn sorted(mut v: Vec<FileSummary>) -> Vec<FileSummary> {
+        v.sort_by(|a, b| a.file_id.cmp(&b.file_id));
+        v
+    }
+
+    #[test]
+    fn async_diffs_take_each_files_source_as_its_reference() {
+        let (f1, f2, f3, f4) = (id_from(1), id_from(2), id_from(9), id_from(3));
+        // f1 (source 1): 2 has an older version, 3 lacks it.
+        // f2 (source 2): deleted at the source, still on 1 and 3.
+        // f3 (source 9, not listed): 1 and 2 agree, 3 differs.
+        // f4 (source 3): the same everywhere.
+        let l1 = sorted(vec![
+            f(&f1, 5, 50, 2),
+            f(&f2, 1, 1, 1),
+            f(&f3, 7, 7, 1),
+            f(&f4, 4, 4, 1),
+        ]);
+        let l2 = sorted(vec![f(&f1, 4, 40, 1), f(&f3, 7, 7, 1), f(&f4, 4, 4, 1)]);
+        let l3 = sorted(vec![f(&f2, 1, 1, 1), f(&f3, 7, 8, 1), f(&f4, 4, 4, 1)]);
+        let d = diff_async(&[(1, &l1), (2, &l2), (3, &l3)]);
+        let mut got: Vec<(String, ServerId, DiffKind, Vec<&str>)> = d
+            .iter()
+            .map(|d| (d.file_id.clone(), d.server, d.kind, d.fields.clone()))
+            .collect();
+        got.sort();
+        let mut want = vec![
+            (
+                f1.clone(),
+                2,
+                DiffKind::Mismatch,
+                vec!["size", "crc32", "version"],
+            ),
+            (f1.clone(), 3, DiffKind::Missing, vec![]),
+            (f2.clone(), 1, DiffKind::Extra, vec![]),
+            (f2.clone(), 3, DiffKind::Extra, vec![]),
+            (f3.clone(), 3, DiffKind::Mismatch, vec!["crc32"]),
+        ];
+        want.sort();
+        assert_eq!(got, want);
+        // The expected copy of f1 is the source's.
+        let stale = d.iter().find(|d| d.file_id == f1 && d.server == 2).unwrap();
+        assert_eq!(stale.expected.as_ref().map(|e| e.version), Some(2));
+        assert_eq!(stale.found.as_ref().map(|e| e.version), Some(1));
+        // Identical listings agree; one member alone agrees with itself.
+        assert!(diff_async(&[(1, &l1), (2, &l1), (3, &l1)]).is_empty());
+        assert!(diff_async(&[(2, &l2)]).is_empty());
+        assert!(diff_async(&[]).is_empty());
+    }
+
+    #[test]
+    fn async_groups_list_active_members_and_compare_them_all() {
+        let m = async_map();
+        let rows = members_to_list(&m, "g1", false).unwrap();
+        let ids: Vec<(u64, bool, &str)> = rows
+            .iter()
+            .map(|(r, s)| (r.id, *s, r.role.as_str()))
+            .collect();
+        // 3 (SYNCING) and 4 (OFFLINE) are skipped.
+        assert_eq!(
+            ids,
+            vec![
+                (1, false, "peer"),
+                (2, false, "peer"),
+                (3, true, "peer"),
+                (4, true, "peer")
+            ]
+        );
+        let rows_all = members_to_list(&m, "g1", true).unwrap();
+        assert!(rows_all.iter().all(|(_, s)| !s));
+
+        let (a, b) = (id_from(1), id_from(2));
+        let files = sorted(vec![f(&a, 1, 1, 1), f(&b, 2, 2, 3)]);
+        let listed = |one: Listing, two: Listing| {
+            let mut it = [Some(one), Some(two), None, None].into_iter();
+            rows.iter()
+                .map(|(r, _)| (r.clone(), it.next().flatten()))
+                .collect::<Vec<_>>()
+        };
+        // Data versions differ (each member numbers its own changes): still
+        // agreement.
+        let r = build_report(
+            &m,
+            "g1",
+            listed(Ok((files.clone(), 10)), Ok((files.clone(), 3))),
+        );
+        assert!(r.agree, "{r:?}");
+        assert_eq!(
+            (r.mode.as_str(), r.reference, r.master),
+            ("async", None, None)
+        );
+        assert_eq!((r.compared, r.skipped, r.exit_status()), (2, 2, 0));
+        let text = render(&r);
+        assert!(text.contains("(async)"), "{text}");
+        assert!(
+            text.contains("2 of 4 members listed agree: 2 files"),
+            "{text}"
+        );
+        assert!(text.contains("not ACTIVE in an async group"), "{text}");
+        assert!(text.contains("offline; --all"), "{text}");
+
+        // Server 1 has an older version of server 2's file b.
+        let stale = sorted(vec![f(&a, 1, 1, 1), f(&b, 2, 9, 2)]);
+        let r = build_report(&m, "g1", listed(Ok((stale, 10)), Ok((files.clone(), 3))));
+        assert!(!r.agree);
+        assert_eq!(r.exit_status(), EXIT_DIFFER);
+        assert_eq!(r.difference_count, 1);
+        assert_eq!((r.members[0].differences, r.members[1].differences), (1, 0));
+        let text = render(&r);
+        assert!(text.contains("differs in crc32, version"), "{text}");
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["mode"], "async");
+        assert_eq!(v["differences"][0]["server"], 1);
+
+        // Server 2 missing a's file while a's source (1) has it.
+        let r = build_report(
+            &m,
+            "g1",
+            listed(Ok((files.clone(), 1)), Ok((vec![f(&b, 2, 2, 3)], 1))),
+        );
+        assert_eq!(r.differences[0].kind, DiffKind::Missing);
+        assert_eq!(r.differences[0].server, 2);
     }
 }

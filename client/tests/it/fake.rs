@@ -55,6 +55,8 @@ struct State {
     log: Mutex<Vec<RequestEnvelope>>,
     accepted: AtomicUsize,
     max_chunk: AtomicUsize,
+    /// The server id put in the ids of files uploaded here (their source).
+    server_id: u32,
 }
 
 pub struct FakeServer {
@@ -78,9 +80,17 @@ fn now_us() -> u64 {
 
 impl FakeServer {
     pub async fn start() -> FakeServer {
+        Self::start_as(1).await
+    }
+
+    /// A fake whose uploads name `server_id` as their source server.
+    pub async fn start_as(server_id: u32) -> FakeServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(State::default());
+        let state = Arc::new(State {
+            server_id,
+            ..State::default()
+        });
         let st = state.clone();
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
@@ -118,6 +128,14 @@ impl FakeServer {
 
     pub fn file_data(&self, id: &str) -> Option<Vec<u8>> {
         self.state.files.lock().get(id).map(|f| f.data.clone())
+    }
+
+    /// Copy a file from another fake (an asynchronous push, by hand).
+    pub fn copy_file_from(&self, other: &FakeServer, id: &str) {
+        let f = other.state.files.lock().get(id).cloned();
+        if let Some(f) = f {
+            self.state.files.lock().insert(id.to_string(), f);
+        }
     }
 }
 
@@ -175,10 +193,17 @@ impl State {
                 appender,
                 ..
             } => {
-                let id =
-                    FileId::generate("group1", 0, 1, 1_700_000_000, body.len() as u64, 0, &ext)
-                        .map_err(|e| err(ErrorCode::BadRequest, &e.to_string()))?
-                        .to_string();
+                let id = FileId::generate(
+                    "group1",
+                    0,
+                    self.server_id,
+                    1_700_000_000,
+                    body.len() as u64,
+                    0,
+                    &ext,
+                )
+                .map_err(|e| err(ErrorCode::BadRequest, &e.to_string()))?
+                .to_string();
                 let t = now_us();
                 let f = FakeFile {
                     data: body,

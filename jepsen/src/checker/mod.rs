@@ -9,6 +9,10 @@
 //!   acknowledged append missing, no failed append visible.
 //! * `set`: lost / unexpected / recovered counts from the final read.
 //!
+//! Register results also carry `details.stale_reads`: reads that returned
+//! a value already overwritten by a completed write ([`stale`]), a sound
+//! count of the staleness async groups allow and sync groups must not show.
+//!
 //! A `fail` completion means the operation did not take effect; an `info`
 //! completion (or none at all) means it may have taken effect at any time
 //! after its invocation, or never. Nemesis events are ignored.
@@ -19,6 +23,7 @@ mod calls;
 mod list_append;
 mod register;
 mod set;
+pub mod stale;
 #[cfg(test)]
 pub(crate) mod testing;
 mod values;
@@ -31,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use calls::{pair, Call, Paired};
+pub use stale::{stale_reads, StaleReads};
 
 use crate::history::{Op, OpType};
 
@@ -270,6 +276,12 @@ impl CheckResult {
             .join(", ")
     }
 
+    /// Register histories: how many reads returned an overwritten value
+    /// (`details.stale_reads`); `None` for other workloads.
+    pub fn stale_reads(&self) -> Option<u64> {
+        self.details.get("stale_reads").and_then(Value::as_u64)
+    }
+
     /// Every history `index` named by an anomaly, for highlighting.
     pub fn anomaly_indices(&self) -> std::collections::BTreeSet<u64> {
         self.anomalies
@@ -384,6 +396,15 @@ pub fn check(workload: &str, history: &[Op], budget: Budget) -> CheckResult {
         },
     };
     let mut details = judgement.details;
+    if name == "register" {
+        // The countable witness of stale reads (0 in a sync group; what
+        // async mode allows), beside the search's verdict.
+        let stale = stale::stale_reads(&paired);
+        details.insert("stale_reads".into(), Value::from(stale.stale));
+        if let Ok(v) = serde_json::to_value(&stale) {
+            details.insert("stale_read_detail".into(), v);
+        }
+    }
     if !paired.malformed.is_empty() {
         tracing::warn!(
             count = paired.malformed.len(),

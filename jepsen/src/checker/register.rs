@@ -980,7 +980,7 @@ mod tests {
     #[test]
     fn agrees_with_brute_force_on_random_small_histories() {
         use rand::{Rng, SeedableRng};
-        let (mut valid, mut invalid) = (0, 0);
+        let (mut valid, mut invalid, mut with_stale) = (0, 0, 0);
         for seed in 0..1500u64 {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let mut h = H::new();
@@ -1042,6 +1042,17 @@ mod tests {
                 Verdict::Unknown => panic!("seed {seed}: unknown: {r:#?}"),
             };
             assert_eq!(got, expected, "seed {seed}: {:#?}", h.ops);
+            // The stale-read count is sound: it never names a read in a
+            // linearizable history.
+            let stale = r.stale_reads().unwrap_or(0);
+            assert!(
+                stale == 0 || !expected,
+                "seed {seed}: {stale} stale reads in a linearizable history: {:#?}",
+                h.ops
+            );
+            if stale > 0 {
+                with_stale += 1;
+            }
             if expected {
                 valid += 1;
             } else {
@@ -1052,6 +1063,10 @@ mod tests {
         assert!(
             valid > 200 && invalid > 200,
             "valid {valid}, invalid {invalid}"
+        );
+        assert!(
+            with_stale > 50,
+            "stale reads counted in {with_stale} histories"
         );
     }
 

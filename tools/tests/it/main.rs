@@ -3,6 +3,7 @@
 //! against real clusters of `chorus-leader` and `chorus-dataserver`
 //! processes (`cluster_harness`, `cluster`).
 
+mod async_group;
 mod cluster;
 mod cluster_harness;
 mod harness;
