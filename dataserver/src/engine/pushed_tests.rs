@@ -260,3 +260,62 @@ async fn records_after_reads_on_from_where_it_stopped() {
     assert!(src.records_after(10, 100, end).unwrap().0.is_empty());
     assert!(rest.iter().all(|r| r.is_local() && r.time_us().is_some()));
 }
+
+/// A pushed file keeps its source's file version, which may be far above
+/// the peer's own data versions; the peer's log must still continue without
+/// a gap after a restart (a gap ended the log for its readers, and the next
+/// recovery cut every record after it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_continue_from_the_log_after_a_restart_with_pushed_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, peer) = engines(dir.path());
+    // The source is far ahead: its file's version is well above anything
+    // the peer has handed out.
+    for _ in 0..20 {
+        upload(&src, b"x", false).await;
+    }
+    let id = upload(&src, &pattern(3000, 3), false).await;
+    let (rec, bytes) = install_of(&src, &id).await;
+    assert!(rec.file_version > 20);
+    peer.apply_pushed(&rec, &mut VecBody::new(&bytes))
+        .await
+        .unwrap();
+    let before = peer.data_version();
+    let peer_cfg = {
+        let mut c = config(&dir.path().join("b"), 1);
+        c.server_id = 2;
+        c
+    };
+    // A crash (no shutdown), a restart, and local writes after it.
+    drop(peer);
+    let peer = Engine::open(peer_cfg.clone()).unwrap();
+    assert_eq!(peer.data_version(), before);
+    let mine = upload(&peer, &pattern(100, 4), false).await;
+    assert_eq!(peer.data_version(), before + 1);
+    let versions: Vec<u64> = peer
+        .binlog_records_since(0, 1000)
+        .unwrap()
+        .iter()
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(versions, (1..=before + 1).collect::<Vec<_>>());
+    let (recs, _) = peer.records_after(before, 10, None).unwrap();
+    assert_eq!(
+        recs.len(),
+        1,
+        "the local write after the restart is readable"
+    );
+    // And it survives the next restart.
+    peer.shutdown().await.unwrap();
+    drop(peer);
+    let peer = Engine::open(peer_cfg).unwrap();
+    assert_eq!(peer.data_version(), before + 1);
+    assert_eq!(
+        read_all(&peer, &mine, 0, None).await.unwrap(),
+        pattern(100, 4)
+    );
+    assert_eq!(
+        read_all(&peer, &id, 0, None).await.unwrap(),
+        pattern(3000, 3)
+    );
+}

@@ -107,8 +107,12 @@ pub(crate) fn open(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
     })
     .ctx(|| "recovering the binlog".into())?;
     let voided = settle_tail(&cfg, &bdir, &mut map, &mut patches, tail)?;
-    let max_entry = map.values().map(|e| e.version).max().unwrap_or(0);
-    let next = rec.last.max(safe).max(max_entry) + 1;
+    // Data versions continue from the log (or the checkpoint), never from
+    // the files: a file copied from another server (a catch-up install, an
+    // async push) keeps that server's file version, which can be above
+    // this log's — continuing from it would leave a gap the log reader
+    // stops at, and the next recovery would cut every record after it.
+    let next = rec.last.max(safe) + 1;
     info!(
         files = map.len(),
         checkpoint = safe,
