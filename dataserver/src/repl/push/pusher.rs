@@ -5,16 +5,20 @@
 //! durable and visible in the index); keep the local ones, and of those
 //! only the last per file (it carries the file's current state anyway);
 //! offer them (`AsyncOffer`: the file's current version, or the delete);
-//! push each wanted one (`AsyncPush`: `Install` with the current state and
-//! content, streamed from disk above 8 MiB; or `Delete`); then move the
+//! push the wanted ones, [`IN_FLIGHT`] at a time (`AsyncPush`: `Install`
+//! with the current state and content, streamed from disk above 8 MiB; or
+//! `Delete`); then move the
 //! mark past the batch and persist it. Idle, it waits for the engine to
 //! publish a change (no polling); on errors it backs off.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use client::peer::{PeerBody, PeerConn};
+use futures::stream::{FuturesUnordered, StreamExt};
+use parking_lot::Mutex;
 use proto::cluster::ServerId;
 use proto::{AsyncItem, FileId, ReplOp, ReplRecord, Reply, Request};
 use tracing::{debug, info, info_span, warn, Instrument};
@@ -27,6 +31,8 @@ use crate::repl::payload::{ContentReader, Payload};
 
 /// Binlog records read per round.
 pub const BATCH: usize = 256;
+/// Pushes in flight to one peer (each on its own connection).
+const IN_FLIGHT: usize = 16;
 /// Persist a mark that moved over records with nothing to push at most
 /// this often (a stale mark only costs a re-offer).
 const IDLE_PERSIST: Duration = Duration::from_secs(1);
@@ -70,13 +76,14 @@ struct Pusher {
     shared: Arc<PushShared>,
     peer: ServerId,
     addr: String,
-    conn: Option<PeerConn>,
+    /// Idle connections to the peer (at most [`IN_FLIGHT`]).
+    conns: Mutex<Vec<PeerConn>>,
     /// The mark in memory (ahead of the file by at most one idle period).
     mark: u64,
     persisted: u64,
     persisted_at: Instant,
     hint: Option<LogPos>,
-    pushed: u64,
+    pushed: AtomicU64,
 }
 
 /// Push to `peer` at `addr` until aborted.
@@ -90,12 +97,12 @@ pub async fn run(shared: Arc<PushShared>, peer: ServerId, addr: String) {
             shared,
             peer,
             addr,
-            conn: None,
+            conns: Mutex::new(Vec::new()),
             mark,
             persisted: mark,
             persisted_at: Instant::now(),
             hint: None,
-            pushed: 0,
+            pushed: AtomicU64::new(0),
         };
         let mut backoff = BACKOFF_MIN;
         let mut last_problem = String::new();
@@ -117,7 +124,7 @@ pub async fn run(shared: Arc<PushShared>, peer: ServerId, addr: String) {
                     let _ = tokio::time::timeout(Duration::from_secs(5), published.changed()).await;
                 }
                 Err(e) => {
-                    p.conn = None;
+                    p.conns.lock().clear();
                     p.shared.delay.refresh();
                     let problem = e.to_string();
                     if problem != last_problem {
@@ -181,10 +188,24 @@ impl Pusher {
         if !plan.is_empty() {
             let items: Vec<AsyncItem> = plan.iter().map(|(item, _)| item.clone()).collect();
             let want = self.offer(items).await?;
-            for ((item, time), wanted) in plan.iter().zip(want) {
-                if wanted {
-                    self.push(item, *time).await?;
-                    pushed_any = true;
+            // One item per file: they may land in any order, so they go
+            // concurrently (the peer's fsyncs are shared); the mark moves
+            // only once every one of them is there.
+            let wanted: Vec<&(AsyncItem, u64)> = plan
+                .iter()
+                .zip(want)
+                .filter_map(|(p, w)| w.then_some(p))
+                .collect();
+            pushed_any = !wanted.is_empty();
+            let mut left = wanted.into_iter();
+            let mut pushes = FuturesUnordered::new();
+            for (item, time) in left.by_ref().take(IN_FLIGHT) {
+                pushes.push(self.push(item, *time));
+            }
+            while let Some(r) = pushes.next().await {
+                r?;
+                if let Some((item, time)) = left.next() {
+                    pushes.push(self.push(item, *time));
                 }
             }
         }
@@ -233,14 +254,23 @@ impl Pusher {
             .collect()
     }
 
-    async fn conn(&mut self) -> Result<PeerConn, PushError> {
-        match self.conn.take() {
+    async fn conn(&self) -> Result<PeerConn, PushError> {
+        let idle = self.conns.lock().pop();
+        match idle {
             Some(c) => Ok(c),
             None => Ok(PeerConn::connect(&self.addr, CONNECT_TIMEOUT, CALL_TIMEOUT).await?),
         }
     }
 
-    async fn offer(&mut self, items: Vec<AsyncItem>) -> Result<Vec<bool>, PushError> {
+    /// A connection goes back after a clean exchange only.
+    fn put_conn(&self, c: PeerConn) {
+        let mut idle = self.conns.lock();
+        if idle.len() < IN_FLIGHT {
+            idle.push(c);
+        }
+    }
+
+    async fn offer(&self, items: Vec<AsyncItem>) -> Result<Vec<bool>, PushError> {
         let n = items.len();
         let mut c = self.conn().await?;
         let op = Request::AsyncOffer {
@@ -248,7 +278,7 @@ impl Pusher {
             items,
         };
         let answer = c.call(op, 0, (0, 0), PeerBody::None, None).await?;
-        self.conn = Some(c);
+        self.put_conn(c);
         match answer {
             Ok(Reply::AsyncWanted { want }) if want.len() == n => Ok(want),
             Ok(other) => Err(PushError::Unexpected {
@@ -262,7 +292,7 @@ impl Pusher {
         }
     }
 
-    async fn push(&mut self, item: &AsyncItem, time_us: u64) -> Result<(), PushError> {
+    async fn push(&self, item: &AsyncItem, time_us: u64) -> Result<(), PushError> {
         let mut rec = ReplRecord {
             version: 0,
             file_id: item.file_id.clone(),
@@ -306,11 +336,11 @@ impl Pusher {
                     .await?
             }
         };
-        self.conn = Some(c);
+        self.put_conn(c);
         match answer {
             Ok(Reply::Replicated { .. }) => {
-                self.pushed += 1;
-                debug!(file = %item.file_id, delete = item.delete, total = self.pushed, "pushed");
+                let total = self.pushed.fetch_add(1, Ordering::Relaxed) + 1;
+                debug!(file = %item.file_id, delete = item.delete, total, "pushed");
                 Ok(())
             }
             Ok(other) => Err(PushError::Unexpected {
