@@ -45,6 +45,8 @@ for args in "--op upload --size 4KiB" "--op upload --size 1MiB" "--op download -
   bench single --server 127.0.0.1:24100 -- $args --concurrency 16
 done
 kill -9 "${pids[0]}"; pids=()
+wait 2>/dev/null || true
+rm -rf "$dir/single"   # this disk may be small: keep only what the next part needs
 
 # 2. One sync group of 3 (default timeouts).
 peers="1=127.0.0.1:24201,2=127.0.0.1:24202,3=127.0.0.1:24203"
@@ -100,7 +102,7 @@ print(f"failover (default timeouts): master killed -> first upload served again 
 PY
 
 # 4. Catch-up: stop a slave, write 256 MiB, restart it, time until ACTIVE.
-slave=$(for i in 1 2 3; do [ "$i" != "$master" ] && echo $i; done | head -1)
+slave=$(for i in 1 2 3; do if [ "$i" != "$master" ]; then echo "$i"; fi; done | head -1)
 for _ in $(seq 300); do
   m=$(master_id 2>/dev/null || echo 0)
   [ "$m" != 0 ] && [ "$m" != "$master" ] && break
@@ -128,6 +130,7 @@ PY
 for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
 wait 2>/dev/null || true
 pids=()
+rm -rf "$dir"/l[123] "$dir"/d[123]
 apeers="1=127.0.0.1:24301,2=127.0.0.1:24302,3=127.0.0.1:24303"
 aleaders="127.0.0.1:24301,127.0.0.1:24302,127.0.0.1:24303"
 for i in 1 2 3; do
