@@ -420,6 +420,8 @@ pub(crate) struct Binlog {
     /// [`Self::safe_version`], raised whenever a version is applied (async
     /// pushers wake on it).
     published: tokio::sync::watch::Sender<u64>,
+    /// Where the last [`Self::records_since`] stopped.
+    read_hint: Mutex<Option<LogPos>>,
 }
 
 /// Where a binlog reader stopped: just after the record of `version`,
@@ -486,6 +488,7 @@ impl Binlog {
             unsettled: Arc::new(Mutex::new(BTreeSet::new())),
             assigned: tokio::sync::watch::Sender::new(next.saturating_sub(1)),
             published: tokio::sync::watch::Sender::new(next.saturating_sub(1)),
+            read_hint: Mutex::new(None),
         })
     }
 
@@ -638,28 +641,16 @@ impl Binlog {
     }
 
     /// Durable records with versions above `after`, at most `max` of them.
+    /// Reads on from where the previous call stopped when it asks for the
+    /// records right after those (catch-up reads the log batch by batch),
+    /// instead of from the start of the segment.
     pub fn records_since(&self, after: u64, max: usize) -> io::Result<Vec<BinlogRecord>> {
-        let durable = self.durable_version();
-        let segs = segments(&self.dir)?;
-        let mut out = Vec::new();
-        for (i, (_, path)) in segs.iter().enumerate() {
-            if let Some((nf, _)) = segs.get(i + 1) {
-                if *nf <= after + 1 {
-                    continue;
-                }
-            }
-            let buf = std::fs::read(path)?;
-            let (recs, _) = parse(&buf, 0);
-            for r in recs {
-                if r.version > durable || out.len() >= max {
-                    return Ok(out);
-                }
-                if r.version > after {
-                    out.push(r);
-                }
-            }
+        let hint = *self.read_hint.lock();
+        let (recs, pos) = self.records_after(after, u64::MAX, max, hint)?;
+        if pos.is_some() {
+            *self.read_hint.lock() = pos;
         }
-        Ok(out)
+        Ok(recs)
     }
 }
 

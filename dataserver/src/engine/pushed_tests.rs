@@ -319,3 +319,36 @@ async fn versions_continue_from_the_log_after_a_restart_with_pushed_files() {
         pattern(3000, 3)
     );
 }
+
+/// Catch-up reads the log batch by batch (each read continues where the
+/// last stopped); reads at any other point still start from the segment.
+#[tokio::test]
+async fn records_since_reads_batches_in_turn_and_any_point_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src, _) = engines(dir.path());
+    for i in 0..40u8 {
+        upload(&src, &[i; 10], false).await;
+    }
+    let versions = |after: u64, max: usize| -> Vec<u64> {
+        src.binlog_records_since(after, max)
+            .unwrap()
+            .iter()
+            .map(|r| r.version)
+            .collect()
+    };
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let batch = versions(after, 7);
+        if batch.is_empty() {
+            break;
+        }
+        after = *batch.last().unwrap();
+        seen.extend(batch);
+    }
+    assert_eq!(seen, (1..=40).collect::<Vec<_>>());
+    assert_eq!(versions(5, 3), vec![6, 7, 8]);
+    assert_eq!(versions(8, 2), vec![9, 10]);
+    assert_eq!(versions(0, 2), vec![1, 2]);
+    assert_eq!(versions(38, 10), vec![39, 40]);
+}
