@@ -1,5 +1,6 @@
 //! One client connection: read a request, run it against the engine, answer.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,28 @@ async fn dedup_begin<'a>(ctx: &'a ConnContext, env: &RequestEnvelope) -> Option<
         Some(ctx.dedup.begin(env.client_id, env.seq).await)
     } else {
         None
+    }
+}
+
+/// Run a client write at most once per `(client_id, seq)`: a resend gets
+/// the first attempt's answer, or a refusal when that attempt's outcome is
+/// unknown; requests without ids just run.
+async fn exactly_once<F: Future<Output = Res>>(
+    slot: Option<Begin<'_>>,
+    run: impl FnOnce() -> F,
+) -> Res {
+    match slot {
+        Some(Begin::Done(reply)) => {
+            debug!("retry of a write already done: its first answer");
+            Ok(reply)
+        }
+        Some(Begin::Unknown(why)) => Err(unknown_outcome(why)),
+        Some(Begin::Run(guard)) => {
+            let r = run().await;
+            guard.finish(&r);
+            r
+        }
+        None => run().await,
     }
 }
 
@@ -299,19 +322,14 @@ where
         // A refused request's body is drained below, keeping the stream in step.
         let client = (env.client_id, env.seq);
         let result = match admitted {
-            Ok(()) => match dedup_begin(ctx, &env).await {
-                Some(Begin::Done(reply)) => {
-                    debug!("retry of a write already done: its first answer");
-                    Ok(reply)
-                }
-                Some(Begin::Unknown(why)) => Err(unknown_outcome(why)),
-                Some(Begin::Run(guard)) => {
-                    let r = run_with_body(ctx, env.op, env.epoch, client, &mut body).await;
-                    guard.finish(&r);
-                    r
-                }
-                None => run_with_body(ctx, env.op, env.epoch, client, &mut body).await,
-            },
+            Ok(()) => {
+                let slot = dedup_begin(ctx, &env).await;
+                let body = &mut body;
+                exactly_once(slot, move || {
+                    run_with_body(ctx, env.op, env.epoch, client, body)
+                })
+                .await
+            }
             Err(e) => Err(e),
         };
         let in_step = body.drain().await;
@@ -366,19 +384,9 @@ where
         };
     }
 
-    let result = match dedup_begin(ctx, &env).await {
-        Some(Begin::Done(reply)) => {
-            debug!("retry of a write already done: its first answer");
-            Ok(reply)
-        }
-        Some(Begin::Unknown(why)) => Err(unknown_outcome(why)),
-        Some(Begin::Run(guard)) => {
-            let r = run_simple(ctx, env.op, (env.client_id, env.seq)).await;
-            guard.finish(&r);
-            r
-        }
-        None => run_simple(ctx, env.op, (env.client_id, env.seq)).await,
-    };
+    let slot = dedup_begin(ctx, &env).await;
+    let client = (env.client_id, env.seq);
+    let result = exactly_once(slot, move || run_simple(ctx, env.op, client)).await;
     if let Err(e) = &result {
         debug!(code = %e.code, error = %e.message, "request failed");
     }
