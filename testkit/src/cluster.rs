@@ -146,6 +146,28 @@ impl Cluster {
         crate::block_on(async { self.leader_client().get_map(false).await.ok() })
     }
 
+    /// Run `chorus verify GROUP` against this cluster's leaders (blocking):
+    /// its exit status and everything it printed.
+    pub fn verify(&self, group: &str) -> (i32, String) {
+        let out = std::process::Command::new(crate::bin("chorus"))
+            .args([
+                "--leaders",
+                &self.leaders.addrs().join(","),
+                "verify",
+                group,
+            ])
+            .output()
+            .expect("run chorus verify");
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
     /// Every process's log (last 30 lines each), for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();

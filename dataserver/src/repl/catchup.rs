@@ -85,15 +85,7 @@ impl CatchUp {
         };
         let client = self.repl.leaders();
         match status {
-            ServerStatus::WaitSync => {
-                let v = self.engine.data_version();
-                client
-                    .report_progress(self.id, ServerStatus::Syncing, v)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                info!("WAIT_SYNC -> SYNCING");
-                Ok(())
-            }
+            ServerStatus::WaitSync => self.report_syncing().await,
             ServerStatus::Syncing | ServerStatus::Recovering => {
                 if let Some(g) = map.as_ref().and_then(|m| m.group(&self.group)) {
                     let last_epoch = self.repl.epoch_file().get();
@@ -152,6 +144,18 @@ impl CatchUp {
     /// Async groups: keep the pushers matched to the map; a new member
     /// reports SYNCING, copies every file from the lowest-id ACTIVE member,
     /// then reports itself ACTIVE (see [`super::push`]).
+    /// A new member starts its full copy: WAIT_SYNC → SYNCING.
+    async fn report_syncing(&self) -> Result<(), String> {
+        let v = self.engine.data_version();
+        self.repl
+            .leaders()
+            .report_progress(self.id, ServerStatus::Syncing, v)
+            .await
+            .map_err(|e| e.to_string())?;
+        info!("WAIT_SYNC -> SYNCING");
+        Ok(())
+    }
+
     async fn async_step(
         &self,
         a: &AsyncRepl,
@@ -161,15 +165,7 @@ impl CatchUp {
         a.reconcile(map);
         let client = self.repl.leaders();
         match status {
-            ServerStatus::WaitSync => {
-                let v = self.engine.data_version();
-                client
-                    .report_progress(self.id, ServerStatus::Syncing, v)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                info!("WAIT_SYNC -> SYNCING");
-                Ok(())
-            }
+            ServerStatus::WaitSync => self.report_syncing().await,
             ServerStatus::Syncing => {
                 let from = map.and_then(|m| {
                     let g = m.group(&self.group)?;

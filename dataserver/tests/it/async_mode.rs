@@ -276,31 +276,11 @@ fn mark(ds: &Dataserver, peer: ServerId) -> Option<u64> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-fn verify(c: &Cluster) -> (i32, String) {
-    let out = std::process::Command::new(testkit::bin("chorus"))
-        .args([
-            "--leaders",
-            &c.leaders.addrs().join(","),
-            "verify",
-            "group1",
-        ])
-        .output()
-        .expect("run chorus verify");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// `chorus verify group1` exits 0 (retrying briefly while the map settles).
 async fn verify_passes(c: &Cluster) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (code, out) = tokio::task::block_in_place(|| verify(c));
+        let (code, out) = tokio::task::block_in_place(|| c.verify("group1"));
         if code == 0 {
             return;
         }

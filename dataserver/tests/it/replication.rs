@@ -187,31 +187,11 @@ async fn statuses_until_active(
     }
 }
 
-fn verify(c: &Cluster) -> (i32, String) {
-    let out = std::process::Command::new(testkit::bin("chorus"))
-        .args([
-            "--leaders",
-            &c.leaders.addrs().join(","),
-            "verify",
-            "group1",
-        ])
-        .output()
-        .expect("run chorus verify");
-    (
-        out.status.code().unwrap_or(-1),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// `chorus verify` passes (retrying while the last changes settle).
 fn verify_passes(c: &Cluster) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let (code, out) = verify(c);
+        let (code, out) = c.verify("group1");
         if code == 0 {
             return;
         }
