@@ -72,6 +72,9 @@ pub struct BinlogRecord {
     pub(crate) patch: u64,
     /// Commit watermark when the record was built (see the module docs).
     pub(crate) committed: u64,
+    /// The client request the change answered (`(0, 0)`: none), for
+    /// exactly-once retries across a restart.
+    pub(crate) client: (u64, u64),
     /// Offset of the frame in its segment.
     pub(crate) at: u64,
 }
@@ -127,6 +130,19 @@ fn seal(mut buf: Vec<u8>) -> Vec<u8> {
     buf
 }
 
+/// `frame` (from [`encode_committed`]) with the client request it answers
+/// appended to its payload (`client_id u64 | seq u64`); unchanged for
+/// `(0, 0)`.
+pub(crate) fn with_client(frame: Vec<u8>, client: (u64, u64)) -> Vec<u8> {
+    if client == (0, 0) {
+        return frame;
+    }
+    let mut buf = frame;
+    buf.extend_from_slice(&client.0.to_le_bytes());
+    buf.extend_from_slice(&client.1.to_le_bytes());
+    seal(buf)
+}
+
 /// A void frame exactly as long as `rec`'s, or `None` when it would not fit
 /// (only records with a state are voided, and those always leave room).
 pub(crate) fn encode_void(rec: &BinlogRecord) -> Option<Vec<u8>> {
@@ -164,6 +180,12 @@ fn decode_payload(p: &[u8], raw: Bytes) -> Result<BinlogRecord, DecodeError> {
     } else {
         version
     };
+    // A void frame is zero padded to its record's length: no client there.
+    let client = if op != op::VOID && d.remaining() >= 16 {
+        (d.u64()?, d.u64()?)
+    } else {
+        (0, 0)
+    };
     if d.remaining() != 0 && op != op::VOID {
         return Err(DecodeError("trailing bytes"));
     }
@@ -176,6 +198,7 @@ fn decode_payload(p: &[u8], raw: Bytes) -> Result<BinlogRecord, DecodeError> {
         state,
         patch,
         committed,
+        client,
         at: 0,
     })
 }
@@ -762,6 +785,26 @@ mod tests {
         let old = seal(old);
         let (r, n) = parse(&old, 0);
         assert_eq!((r.len(), n, r[0].committed), (1, old.len(), 4));
+    }
+
+    #[test]
+    fn client_ids_round_trip_and_a_void_over_them_has_none() {
+        let plain = encode(1, op::DELETE, "g/x", 1, None, 0);
+        assert_eq!(with_client(plain.clone(), (0, 0)), plain);
+        let mut buf = plain;
+        buf.extend(with_client(
+            encode(2, op::DELETE, "g/y", 2, None, 0),
+            (7, 9),
+        ));
+        let (recs, valid) = parse(&buf, 0);
+        assert_eq!(valid, buf.len());
+        assert_eq!(recs[0].client, (0, 0));
+        assert_eq!(recs[1].client, (7, 9));
+        assert_eq!(recs[1].file_id, "g/y");
+        let void = encode_void(&recs[1]).unwrap();
+        assert_eq!(void.len(), recs[1].raw.len());
+        let (v, _) = parse(&void, 0);
+        assert_eq!((v[0].op, v[0].client), (op::VOID, (0, 0)));
     }
 
     #[test]

@@ -401,6 +401,36 @@ impl Engine {
             .map_err(|e| EngineError::io("reading the binlog", e))
     }
 
+    /// The answers of the logged changes among the last `n` that carried a
+    /// client's `(client_id, seq)`, oldest first — what a restarted server
+    /// needs to answer a resend of one of them (`repl::dedup`). Blocking
+    /// file I/O.
+    pub fn recent_answers(&self, n: usize) -> Result<Vec<(u64, u64, proto::Reply)>, EngineError> {
+        let mut after = self.data_version().saturating_sub(n as u64);
+        let mut out = Vec::new();
+        loop {
+            let recs = self.binlog_records_since(after, 4096)?;
+            let Some(last) = recs.last().map(|r| r.version) else {
+                return Ok(out);
+            };
+            after = last;
+            for r in recs {
+                if r.client == (0, 0) {
+                    continue;
+                }
+                let reply = match (r.op.to_ascii_uppercase(), &r.state) {
+                    (binlog::op::DELETE, _) => proto::Reply::Deleted { version: r.version },
+                    (binlog::op::VOID, _) | (_, None) => continue,
+                    (_, Some(entry)) => match FileId::parse(&r.file_id) {
+                        Ok(id) => proto::Reply::Stat(entry.stat(&id)),
+                        Err(_) => continue,
+                    },
+                };
+                out.push((r.client.0, r.client.1, reply));
+            }
+        }
+    }
+
     /// Write an index checkpoint now (blocking file I/O).
     pub fn checkpoint(&self) -> Result<(), EngineError> {
         self.write_checkpoint()

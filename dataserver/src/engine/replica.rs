@@ -59,6 +59,16 @@ impl Origin<'_> {
         }
     }
 
+    /// The client request this change answers, kept in its binlog record
+    /// (`(0, 0)`: none; pushed changes answer nobody here).
+    pub fn client(&self) -> (u64, u64) {
+        match self {
+            Origin::Local { client } => *client,
+            Origin::Replica(r) => (r.client_id, r.seq),
+            Origin::Pushed(..) => (0, 0),
+        }
+    }
+
     /// Note the data version the binlog handed out for this change.
     pub fn took(&self, v: u64) {
         if let Origin::Pushed(_, at) = self {

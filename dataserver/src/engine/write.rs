@@ -343,7 +343,7 @@ impl Engine {
             .append(origin.expect(), |v, committed| {
                 origin.took(v);
                 entry.version = origin.file_version(v);
-                binlog::encode_committed(
+                let frame = binlog::encode_committed(
                     v,
                     code,
                     &ids,
@@ -351,7 +351,8 @@ impl Engine {
                     Some(&entry),
                     patch,
                     committed,
-                )
+                );
+                binlog::with_client(frame, origin.client())
             })
             .await;
         match res {
@@ -440,7 +441,7 @@ impl Engine {
                 |v, committed| {
                     origin.took(v);
                     entry.version = origin.file_version(v);
-                    binlog::encode_committed(
+                    let frame = binlog::encode_committed(
                         v,
                         code,
                         &ids,
@@ -448,7 +449,8 @@ impl Engine {
                         Some(&entry),
                         0,
                         committed,
-                    )
+                    );
+                    binlog::with_client(frame, origin.client())
                 },
                 |v| {
                     if header {
@@ -828,7 +830,8 @@ impl Engine {
         let v = match self
             .binlog
             .append(origin.expect(), |v, c| {
-                binlog::encode_committed(v, code, &ids, v, None, 0, c)
+                let frame = binlog::encode_committed(v, code, &ids, v, None, 0, c);
+                binlog::with_client(frame, origin.client())
             })
             .await
         {

@@ -7,9 +7,11 @@
 //! known `(client_id, seq)` gets the recorded answer and changes nothing;
 //! a retry that arrives while the first attempt still runs waits for it.
 //!
-//! Memory only, bounded ([`PER_CLIENT`] answers per client, [`CLIENTS`]
-//! clients): a restart, or a server that caught up by copying files
-//! (which carries no client ids), forgets.
+//! Bounded ([`PER_CLIENT`] answers per client, [`CLIENTS`] clients) and
+//! kept in memory, but every logged change carries its client's ids in its
+//! binlog record, so a restarted server reads the answers of its last
+//! [`SEED_CHANGES`] changes back ([`Dedup::seed`]). A server that caught up
+//! by copying files (which carries no ids) does not know those.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,6 +21,9 @@ use parking_lot::Mutex;
 use proto::Reply;
 use tokio::sync::Notify;
 
+/// How many of the last logged changes a starting server reads back for
+/// their answers (their records carry the client's ids).
+pub const SEED_CHANGES: usize = 65_536;
 /// Answers kept per client (the newest sequence numbers).
 pub const PER_CLIENT: usize = 256;
 /// Clients remembered (the least recently seen is forgotten first).
@@ -115,6 +120,14 @@ impl Dedup {
             if still {
                 notified.await;
             }
+        }
+    }
+
+    /// Fill the table from answers read back from the log at start (oldest
+    /// first), so a resend after a restart still gets its first answer.
+    pub fn seed(&self, answers: impl IntoIterator<Item = (u64, u64, Reply)>) {
+        for (client, seq, reply) in answers {
+            self.record(client, seq, reply);
         }
     }
 

@@ -118,6 +118,19 @@ impl Server {
         };
         let view = SharedView::new(view);
         let dedup = Arc::new(Dedup::default());
+        {
+            let engine = engine.clone();
+            let answers = tokio::task::spawn_blocking(move || {
+                engine.recent_answers(crate::repl::dedup::SEED_CHANGES)
+            })
+            .await
+            .map_err(|e| EngineError::Internal(format!("reading recent answers failed: {e}")))??;
+            info!(
+                answers = answers.len(),
+                "answers of recent writes read back for retries"
+            );
+            dedup.seed(answers);
+        }
         let repl = agent.as_ref().map(|a| {
             let epochs = Arc::new(EpochFile::open(&wipe.meta_dir));
             let leaders = LeaderClient::with_timeouts(a.leaders.clone(), agent::timeouts());

@@ -230,3 +230,63 @@ async fn sigkill_during_concurrent_writes_loses_nothing_acknowledged() {
         run_seed(seed).await;
     }
 }
+
+/// Send one append with explicit `(client_id, seq)` over a fresh connection.
+async fn append_as(addr: SocketAddr, file_id: &str, data: &[u8], ids: (u64, u64)) -> Reply {
+    let mut c = client::peer::PeerConn::connect(
+        &addr.to_string(),
+        Duration::from_secs(5),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("connect");
+    let op = Request::Append {
+        file_id: file_id.to_string(),
+        size: data.len() as u64,
+        if_version: None,
+    };
+    c.call(op, 0, ids, client::peer::PeerBody::Slice(data), None)
+        .await
+        .expect("exchange")
+        .expect("append answered")
+}
+
+/// Exactly-once survives a crash: an append acknowledged, the server
+/// SIGKILLed and restarted, the same `(client_id, seq)` sent again gets the
+/// first answer and the file does not grow; a new `seq` applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_after_a_crash_gets_the_first_answer() {
+    let mut ds = Dataserver::start(DataserverOpts::default());
+    let c = client::Client::connect_direct(ds.addr.to_string())
+        .await
+        .expect("client");
+    let opts = client::UploadOptions {
+        appender: true,
+        ..Default::default()
+    };
+    let id = c.upload(b"head:", opts).await.expect("upload").file_id;
+    let first = append_as(ds.addr, &id, b"once", (0xC0FFEE, 41)).await;
+    let Reply::Stat(st) = &first else {
+        panic!("append answered {first:?}");
+    };
+    assert_eq!(st.size, 9);
+    tokio::task::block_in_place(|| {
+        ds.kill();
+        ds.restart();
+    });
+    let again = append_as(ds.addr, &id, b"once", (0xC0FFEE, 41)).await;
+    assert_eq!(
+        again, first,
+        "a resend after the restart must get the first answer"
+    );
+    let c = client::Client::connect_direct(ds.addr.to_string())
+        .await
+        .expect("client");
+    assert_eq!(c.download(&id).await.expect("download"), b"head:once");
+    let next = append_as(ds.addr, &id, b"+", (0xC0FFEE, 42)).await;
+    assert!(
+        matches!(next, Reply::Stat(ref s) if s.size == 10),
+        "{next:?}"
+    );
+    assert_eq!(c.download(&id).await.expect("download"), b"head:once+");
+}
