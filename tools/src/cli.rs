@@ -164,6 +164,10 @@ pub struct DevArgs {
     /// Dataservers in the group.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=50))]
     pub dataservers: u16,
+    /// The group's replication: sync (master and slaves) or async
+    /// (FastDFS-style: every member takes uploads, pushes afterwards).
+    #[arg(long, default_value = "sync", value_name = "MODE")]
+    pub replication: proto::cluster::ReplicationMode,
 }
 
 #[derive(Args, Debug)]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use proto::cluster::{ClusterMap, ServerStatus};
+use proto::cluster::{ClusterMap, ReplicationMode, ServerStatus};
 use serde_json::json;
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
@@ -187,10 +187,27 @@ async fn stop(procs: &mut [Proc]) {
 }
 
 /// Whether the group has an ACTIVE master.
-fn ready(map: &ClusterMap) -> Option<(u64, String, u64)> {
+/// The cluster is up: a sync group has an ACTIVE master (id, address,
+/// epoch); an async group has all its `members` ACTIVE (no master).
+fn ready(
+    map: &ClusterMap,
+    mode: ReplicationMode,
+    members: usize,
+) -> Option<Option<(u64, String, u64)>> {
     let g = map.group(GROUP)?;
+    if mode == ReplicationMode::Async {
+        let active = g
+            .members
+            .iter()
+            .filter(|id| {
+                map.server(**id)
+                    .is_some_and(|s| s.status == ServerStatus::Active)
+            })
+            .count();
+        return (active >= members).then_some(None);
+    }
     let m = map.master_of(GROUP)?;
-    (m.status == ServerStatus::Active).then(|| (m.id, m.addr.clone(), g.epoch))
+    (m.status == ServerStatus::Active).then(|| Some((m.id, m.addr.clone(), g.epoch)))
 }
 
 /// What ended the foreground wait.
@@ -272,6 +289,8 @@ pub async fn run(args: DevArgs, out: Output) -> CliResult {
             // A dev cluster shares the disk with everything else.
             "--reserved-space".into(),
             "64MiB".into(),
+            "--replication".into(),
+            args.replication.to_string(),
         ];
         let log = logs.join(format!("ds{id}.log"));
         match spawn(format!("dataserver {id}"), &ds_bin, &a, addr, log) {
@@ -292,13 +311,15 @@ pub async fn run(args: DevArgs, out: Output) -> CliResult {
         }
         if start.elapsed() > START_LIMIT {
             break Err(Ended::ChildDied(format!(
-                "{GROUP} has no ACTIVE master after {START_LIMIT:?}; see the logs in {}",
+                "{GROUP} is not serving ({} mode) after {START_LIMIT:?}; see the logs in {}",
+                args.replication,
                 logs.display()
             )));
         }
         tokio::select! {
             m = lc.get_map(false) => {
-                if let Some(r) = m.ok().as_ref().and_then(ready) {
+                let members = usize::from(args.dataservers);
+                if let Some(r) = m.ok().as_ref().and_then(|m| ready(m, args.replication, members)) {
                     break Ok(r);
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -310,13 +331,15 @@ pub async fn run(args: DevArgs, out: Output) -> CliResult {
 
     let ended = match started {
         Err(e) => e,
-        Ok((master_id, master_addr, epoch)) => {
+        Ok(master) => {
             announce(
                 out,
                 &dir,
                 &procs,
                 &leaders_arg,
-                (master_id, &master_addr, epoch),
+                master
+                    .as_ref()
+                    .map(|(id, addr, epoch)| (*id, addr.as_str(), *epoch)),
                 start.elapsed(),
             )?;
             let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -353,7 +376,7 @@ fn announce(
     dir: &Path,
     procs: &[Proc],
     leaders: &str,
-    (master_id, master_addr, epoch): (u64, &str, u64),
+    master: Option<(u64, &str, u64)>,
     took: Duration,
 ) -> CliResult {
     if out.json {
@@ -371,9 +394,10 @@ fn announce(
         return print_json(&json!({
             "leaders": leaders,
             "group": GROUP,
-            "master": master_id,
-            "master_address": master_addr,
-            "epoch": epoch,
+            "mode": if master.is_some() { "sync" } else { "async" },
+            "master": master.map(|m| m.0),
+            "master_address": master.map(|m| m.1),
+            "epoch": master.map_or(0, |m| m.2),
             "dir": dir.display().to_string(),
             "processes": ps,
         }));
@@ -392,8 +416,14 @@ fn announce(
             p.log.display()
         ));
     }
+    let group_line = match master {
+        Some((id, addr, epoch)) => {
+            format!("{GROUP}: master is server {id} at {addr} (epoch {epoch})")
+        }
+        None => format!("{GROUP}: async replication, every member takes uploads (no master)"),
+    };
     s.push_str(&format!(
-        "\n{GROUP}: master is server {master_id} at {master_addr} (epoch {epoch})\n\n\
+        "\n{group_line}\n\n\
          Try, in another terminal:\n  \
          export CHORUS_LEADERS={leaders}\n  \
          chorus upload ./some-file          # prints the new file id\n  \

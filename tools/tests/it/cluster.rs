@@ -250,13 +250,15 @@ impl Drop for StopOnDrop {
     }
 }
 
-#[test]
-fn dev_runs_a_cluster_that_serves_and_stops_cleanly_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+/// Start `chorus dev --json` (plus `extra`) in `dir`; returns the child,
+/// a guard that stops it, and the JSON line it printed once up.
+fn start_dev(dir: &std::path::Path, extra: &[&str]) -> (std::process::Child, StopOnDrop, Value) {
     let base = free_base_port();
     let mut dev = Command::new(chorus_bin())
-        .args(["dev", "--json", "--base-port", &base.to_string(), "--dir"])
-        .arg(dir.path().join("cluster"))
+        .args(["dev", "--json", "--base-port", &base.to_string()])
+        .args(extra)
+        .arg("--dir")
+        .arg(dir.join("cluster"))
         .env_remove("CHORUS_LEADERS")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -266,7 +268,7 @@ fn dev_runs_a_cluster_that_serves_and_stops_cleanly_on_sigterm() {
     let pid = dev.id() as i32;
     // If an assertion fails, the dev cluster still stops (SIGTERM makes it
     // stop its children).
-    let _guard = StopOnDrop(pid);
+    let guard = StopOnDrop(pid);
     let stdout = dev.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -288,7 +290,34 @@ fn dev_runs_a_cluster_that_serves_and_stops_cleanly_on_sigterm() {
         }
     };
     println!("chorus dev up in {:?}", started.elapsed());
-    let info: Value = serde_json::from_str(&line).unwrap();
+    (dev, guard, serde_json::from_str(&line).unwrap())
+}
+
+#[test]
+fn dev_runs_an_async_group_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_dev, _guard, info) = start_dev(dir.path(), &["--replication", "async"]);
+    assert_eq!(info["mode"], "async", "{info}");
+    assert!(info["master"].is_null(), "{info}");
+    let leaders = info["leaders"].as_str().unwrap().to_string();
+    let data = pattern(3000, 7);
+    let id = run_chorus_with(&["--leaders", &leaders], &["upload", "-"], Some(&data))
+        .ok()
+        .text();
+    let back = run_chorus_with(&["--leaders", &leaders], &["download", &id], None);
+    assert_eq!(back.ok().stdout, data);
+    let st = run_chorus_with(&["--leaders", &leaders], &["status", "--json"], None)
+        .ok()
+        .json();
+    assert_eq!(st["groups"][0]["mode"], "async", "{st}");
+    // The guard stops the cluster (SIGTERM) and waits for it.
+}
+
+#[test]
+fn dev_runs_a_cluster_that_serves_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut dev, _guard, info) = start_dev(dir.path(), &[]);
+    let pid = dev.id() as i32;
     let leaders = info["leaders"].as_str().unwrap().to_string();
     assert_eq!(leaders.split(',').count(), 3);
     let pids: Vec<i32> = info["processes"]
