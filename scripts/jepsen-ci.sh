@@ -2,9 +2,10 @@
 # The consistency suite as CI runs it (after `cargo build --workspace --bins`):
 #  1. `chorus-jepsen suite --quick`: short runs of every workload under every
 #     nemesis against a sync group, where every verdict must be valid and
-#     every group must converge (`chorus verify`); and one register run
-#     against an async group, which must find stale reads (async promises
-#     no linearizability) and still converge.
+#     every group must converge (`chorus verify`); and two runs against an
+#     async group: a register run, which must find stale reads (async
+#     promises no linearizability) and still converge, and a set run under
+#     kill + partition, which must be valid (nothing acknowledged lost).
 #  2. The suite must catch a real bug: a dataserver built with the
 #     `fault-injection` feature and CHORUS_FAULT=ack-before-replicate
 #     acknowledges writes before replicating them; a set run under the kill

@@ -829,15 +829,28 @@ pub fn suite_runs(quick: bool, out: &Path, seed: u64) -> Vec<RunOpts> {
         .collect();
     // Async mode: the register must show stale reads (what async allows)
     // and the group must still converge, kills included (a killed source
-    // server's files wait for it; pushes resume when it is back).
-    let mut asynchronous = vec![(Kind::Register, vec![Kill])];
+    // server's files wait for it; pushes resume when it is back). The set
+    // must lose nothing acknowledged: every upload is durable on its source
+    // before it is acknowledged, and the final reads go to the source.
+    let mut asynchronous = vec![
+        (
+            Kind::Register,
+            vec![Kill],
+            Expectation::StaleReadsAndConverged,
+        ),
+        (Kind::Set, vec![Kill, Partition], Expectation::Valid),
+    ];
     if !quick {
-        asynchronous.push((Kind::Register, Vec::new()));
+        asynchronous.push((
+            Kind::Register,
+            Vec::new(),
+            Expectation::StaleReadsAndConverged,
+        ));
     }
-    for (k, f) in asynchronous {
+    for (k, f, expectation) in asynchronous {
         let mut o = RunOpts::new(k, f);
         o.mode = Mode::Async;
-        o.expectation = Expectation::StaleReadsAndConverged;
+        o.expectation = expectation;
         o.out = out.to_path_buf();
         o.seed = seed;
         o.time_limit = Duration::from_secs(if quick { 20 } else { 60 });
@@ -915,10 +928,15 @@ mod tests {
     }
 
     #[test]
-    fn the_quick_suite_has_one_async_run_expecting_stale_reads() {
+    fn the_quick_suite_has_async_runs_expecting_stale_reads_and_no_loss() {
         let runs = suite_runs(true, Path::new("/tmp/x"), 3);
         let asynchronous: Vec<&RunOpts> = runs.iter().filter(|r| r.mode == Mode::Async).collect();
-        assert_eq!(asynchronous.len(), 1);
+        assert_eq!(asynchronous.len(), 2);
+        let set = asynchronous[1];
+        assert_eq!(
+            (set.workload, set.expectation),
+            (Kind::Set, Expectation::Valid)
+        );
         let a = asynchronous[0];
         assert_eq!(a.workload, Kind::Register);
         assert_eq!(a.expectation, Expectation::StaleReadsAndConverged);
