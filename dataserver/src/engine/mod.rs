@@ -55,6 +55,7 @@ pub use binlog::{op as binlog_op, BinlogRecord, LogPos};
 pub use error::EngineError;
 pub use pushed::{PushOutcome, Snapshot};
 pub use replica::{Content, HookFuture, ReplicateHook};
+pub(crate) use write::now_us;
 
 use replica::Origin;
 

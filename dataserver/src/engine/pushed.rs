@@ -41,7 +41,8 @@ pub struct Snapshot {
     pub content: Content,
 }
 
-fn parse_id(s: &str) -> Result<FileId, EngineError> {
+/// A file id named by a peer's record.
+pub(crate) fn parse_id(s: &str) -> Result<FileId, EngineError> {
     FileId::parse(s).map_err(|e| EngineError::InvalidFileId {
         id: s.to_string(),
         why: e.to_string(),

@@ -452,10 +452,7 @@ impl Engine {
         if rec.op == ReplOp::Noop {
             return self.log_noop(rec.version).await;
         }
-        let id = FileId::parse(&rec.file_id).map_err(|e| EngineError::InvalidFileId {
-            id: rec.file_id.clone(),
-            why: e.to_string(),
-        })?;
+        let id = super::pushed::parse_id(&rec.file_id)?;
         self.check_id(&id)?;
         let have = self.index.read().get(&id).map_or(0, |e| e.version);
         if rec.op != ReplOp::Install && have != 0 && have >= rec.file_version {

@@ -20,6 +20,7 @@ pub mod epoch;
 pub mod fault;
 pub mod master;
 pub mod payload;
+pub mod peers;
 pub mod pull;
 pub mod push;
 pub mod slave;

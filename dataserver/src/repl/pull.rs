@@ -14,12 +14,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use client::peer::{PeerBody, PeerConn};
+use client::peer::PeerBody;
 use futures::stream::{self, StreamExt};
-use parking_lot::Mutex;
 use proto::{FileId, LogRef, ReplOp, ReplRecord, Reply, Request};
 use tracing::{debug, info};
 
+use super::peers::PeerPool;
 use super::Replicator;
 use crate::engine::{Body, Engine, EngineError};
 
@@ -42,9 +42,8 @@ impl Body for BytesBody {
 pub struct Puller<'a> {
     engine: &'a Engine,
     repl: &'a Replicator,
-    master: &'a str,
     epoch: u64,
-    conns: Mutex<Vec<PeerConn>>,
+    master: PeerPool,
 }
 
 impl<'a> Puller<'a> {
@@ -52,19 +51,14 @@ impl<'a> Puller<'a> {
         Puller {
             engine,
             repl,
-            master,
             epoch,
-            conns: Mutex::new(Vec::new()),
+            master: PeerPool::new(
+                master,
+                Duration::from_secs(2),
+                Duration::from_secs(30),
+                usize::MAX,
+            ),
         }
-    }
-
-    async fn conn(&self) -> Result<PeerConn, String> {
-        if let Some(c) = self.conns.lock().pop() {
-            return Ok(c);
-        }
-        PeerConn::connect(self.master, Duration::from_secs(2), Duration::from_secs(30))
-            .await
-            .map_err(|e| format!("connecting to the master at {}: {e}", self.master))
     }
 
     async fn call(
@@ -72,13 +66,10 @@ impl<'a> Puller<'a> {
         op: Request,
         data: Option<&mut Vec<u8>>,
     ) -> Result<Result<Reply, proto::WireError>, String> {
-        let mut c = self.conn().await?;
-        let r = c
-            .call(op, self.epoch, (0, 0), PeerBody::None, data)
+        self.master
+            .call(op, self.epoch, PeerBody::None, data)
             .await
-            .map_err(|e| e.to_string())?;
-        self.conns.lock().push(c);
-        Ok(r)
+            .map_err(|e| format!("talking to the master at {}: {e}", self.master.addr()))
     }
 
     /// Copy until this server has what the master could list (a short

@@ -13,14 +13,14 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use client::peer::{PeerBody, PeerConn};
+use client::peer::PeerBody;
 use futures::stream::{self, StreamExt};
-use parking_lot::Mutex;
 use proto::{FileId, FileSummary, ReplOp, ReplRecord, ReplState, Reply, Request};
 use tracing::{info, warn};
 
 use crate::engine::{Body, Engine, EngineError};
 use crate::repl::payload::INLINE_MAX;
+use crate::repl::peers::PeerPool;
 use crate::repl::pull::BytesBody;
 
 /// Files copied at once.
@@ -56,7 +56,7 @@ pub enum CopyError {
 pub struct Copier<'a> {
     engine: &'a Engine,
     addr: &'a str,
-    conns: Mutex<Vec<PeerConn>>,
+    member: PeerPool,
 }
 
 /// What a copy did.
@@ -73,23 +73,12 @@ impl<'a> Copier<'a> {
         Copier {
             engine,
             addr,
-            conns: Mutex::new(Vec::new()),
-        }
-    }
-
-    async fn conn(&self) -> Result<PeerConn, CopyError> {
-        if let Some(c) = self.conns.lock().pop() {
-            return Ok(c);
-        }
-        PeerConn::connect(self.addr, Duration::from_secs(2), Duration::from_secs(60))
-            .await
-            .map_err(|source| self.peer_err(source))
-    }
-
-    fn peer_err(&self, source: client::ClientError) -> CopyError {
-        CopyError::Peer {
-            addr: self.addr.to_string(),
-            source,
+            member: PeerPool::new(
+                addr,
+                Duration::from_secs(2),
+                Duration::from_secs(60),
+                usize::MAX,
+            ),
         }
     }
 
@@ -99,13 +88,13 @@ impl<'a> Copier<'a> {
         op: Request,
         data: Option<&mut Vec<u8>>,
     ) -> Result<Result<Reply, proto::WireError>, CopyError> {
-        let mut c = self.conn().await?;
-        let r = c
-            .call(op, 0, (0, 0), PeerBody::None, data)
+        self.member
+            .call(op, 0, PeerBody::None, data)
             .await
-            .map_err(|e| self.peer_err(e))?;
-        self.conns.lock().push(c);
-        Ok(r)
+            .map_err(|source| CopyError::Peer {
+                addr: self.addr.to_string(),
+                source,
+            })
     }
 
     fn refused(&self, what: impl Into<String>, err: proto::WireError) -> CopyError {

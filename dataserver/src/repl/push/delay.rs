@@ -8,7 +8,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use proto::cluster::ServerId;
 
-use super::receive::now_us;
+use crate::engine::now_us;
 
 pub struct DelayBoard {
     /// Per peer: when its oldest unpushed local change was made (µs).

@@ -16,18 +16,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use client::peer::{PeerBody, PeerConn};
+use client::peer::PeerBody;
 use futures::stream::{FuturesUnordered, StreamExt};
-use parking_lot::Mutex;
 use proto::cluster::ServerId;
 use proto::{AsyncItem, FileId, ReplOp, ReplRecord, Reply, Request};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::delay::DelayBoard;
 use super::marks::MarkStore;
-use super::receive::now_us;
+use crate::engine::now_us;
 use crate::engine::{BinlogRecord, Engine, LogPos};
 use crate::repl::payload::{ContentReader, Payload};
+use crate::repl::peers::PeerPool;
 
 /// Binlog records read per round.
 pub const BATCH: usize = 256;
@@ -75,9 +75,8 @@ enum Round {
 struct Pusher {
     shared: Arc<PushShared>,
     peer: ServerId,
-    addr: String,
-    /// Idle connections to the peer (at most [`IN_FLIGHT`]).
-    conns: Mutex<Vec<PeerConn>>,
+    /// Connections to the peer (at most [`IN_FLIGHT`] kept idle).
+    conns: PeerPool,
     /// The mark in memory (ahead of the file by at most one idle period).
     mark: u64,
     persisted: u64,
@@ -96,8 +95,7 @@ pub async fn run(shared: Arc<PushShared>, peer: ServerId, addr: String) {
         let mut p = Pusher {
             shared,
             peer,
-            addr,
-            conns: Mutex::new(Vec::new()),
+            conns: PeerPool::new(addr, CONNECT_TIMEOUT, CALL_TIMEOUT, IN_FLIGHT),
             mark,
             persisted: mark,
             persisted_at: Instant::now(),
@@ -124,7 +122,7 @@ pub async fn run(shared: Arc<PushShared>, peer: ServerId, addr: String) {
                     let _ = tokio::time::timeout(Duration::from_secs(5), published.changed()).await;
                 }
                 Err(e) => {
-                    p.conns.lock().clear();
+                    p.conns.clear();
                     p.shared.delay.refresh();
                     let problem = e.to_string();
                     if problem != last_problem {
@@ -254,31 +252,13 @@ impl Pusher {
             .collect()
     }
 
-    async fn conn(&self) -> Result<PeerConn, PushError> {
-        let idle = self.conns.lock().pop();
-        match idle {
-            Some(c) => Ok(c),
-            None => Ok(PeerConn::connect(&self.addr, CONNECT_TIMEOUT, CALL_TIMEOUT).await?),
-        }
-    }
-
-    /// A connection goes back after a clean exchange only.
-    fn put_conn(&self, c: PeerConn) {
-        let mut idle = self.conns.lock();
-        if idle.len() < IN_FLIGHT {
-            idle.push(c);
-        }
-    }
-
     async fn offer(&self, items: Vec<AsyncItem>) -> Result<Vec<bool>, PushError> {
         let n = items.len();
-        let mut c = self.conn().await?;
         let op = Request::AsyncOffer {
             source: self.shared.me,
             items,
         };
-        let answer = c.call(op, 0, (0, 0), PeerBody::None, None).await?;
-        self.put_conn(c);
+        let answer = self.conns.call(op, 0, PeerBody::None, None).await?;
         match answer {
             Ok(Reply::AsyncWanted { want }) if want.len() == n => Ok(want),
             Ok(other) => Err(PushError::Unexpected {
@@ -321,22 +301,21 @@ impl Pusher {
             rec.state = Some(snap.state);
             Payload::of(Some(&snap.content)).await?
         };
-        let mut c = self.conn().await?;
         let op = Request::AsyncPush {
             source: self.shared.me,
             rec,
             source_time_us: time_us,
         };
         let answer = match &payload {
-            Payload::Mem(b) => c.call(op, 0, (0, 0), PeerBody::Slice(b), None).await?,
+            Payload::Mem(b) => self.conns.call(op, 0, PeerBody::Slice(b), None).await?,
             Payload::Stream(content) => {
                 let len = content.len();
                 let mut reader = ContentReader::new(content.clone());
-                c.call(op, 0, (0, 0), PeerBody::Reader(&mut reader, len), None)
+                self.conns
+                    .call(op, 0, PeerBody::Reader(&mut reader, len), None)
                     .await?
             }
         };
-        self.put_conn(c);
         match answer {
             Ok(Reply::Replicated { .. }) => {
                 let total = self.pushed.fetch_add(1, Ordering::Relaxed) + 1;

@@ -1,20 +1,13 @@
 //! The receiving side of async replication: answering offers and taking
 //! pushed changes.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use proto::{AsyncItem, ErrorCode, ReplRecord, Reply, WireError};
 use tracing::debug;
 
-use crate::engine::{Body, Engine, PushOutcome};
+use crate::engine::{now_us, Body, Engine, PushOutcome};
 use crate::server::metrics::Metrics;
-
-/// Microseconds since the Unix epoch, now.
-pub fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
 
 /// `AsyncOffer`: which of the offered changes this server lacks.
 pub fn offer(engine: &Engine, items: &[AsyncItem]) -> Reply {
