@@ -221,6 +221,18 @@ fn members_to_list(
     Ok(out)
 }
 
+/// What differs between two copies of a file: size, crc32, version.
+fn differing_fields(a: &FileState, b: &FileState) -> Vec<&'static str> {
+    [
+        ("size", a.size != b.size),
+        ("crc32", a.crc32 != b.crc32),
+        ("version", a.version != b.version),
+    ]
+    .into_iter()
+    .filter_map(|(name, differs)| differs.then_some(name))
+    .collect()
+}
+
 /// Compare `found` (member `server`'s listing) with the reference
 /// listing; both sorted by file id.
 pub fn diff_listings(
@@ -264,16 +276,7 @@ pub fn diff_listings(
             }
             Ordering::Equal => {
                 let (r, f) = (&reference[i], &found[j]);
-                let mut fields = Vec::new();
-                if r.size != f.size {
-                    fields.push("size");
-                }
-                if r.crc32 != f.crc32 {
-                    fields.push("crc32");
-                }
-                if r.version != f.version {
-                    fields.push("version");
-                }
+                let fields = differing_fields(&r.into(), &f.into());
                 if !fields.is_empty() {
                     out.push(Difference {
                         file_id: r.file_id.clone(),
@@ -338,16 +341,7 @@ pub fn diff_async(listings: &[(ServerId, &[FileSummary])]) -> Vec<Difference> {
                 (Some(_), None) => (DiffKind::Missing, Vec::new()),
                 (None, Some(_)) => (DiffKind::Extra, Vec::new()),
                 (Some(e), Some(f)) => {
-                    let mut fields = Vec::new();
-                    if e.size != f.size {
-                        fields.push("size");
-                    }
-                    if e.crc32 != f.crc32 {
-                        fields.push("crc32");
-                    }
-                    if e.version != f.version {
-                        fields.push("version");
-                    }
+                    let fields = differing_fields(e, f);
                     if fields.is_empty() {
                         continue;
                     }
