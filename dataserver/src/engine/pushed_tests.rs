@@ -3,7 +3,7 @@
 
 use proto::{AsyncItem, FileId, MetaEntry, MetaMode, ReplOp, ReplRecord};
 
-use super::tests::{config, pattern, read_all, VecBody, THRESHOLD};
+use super::tests::{config, pattern, read_all, upload, VecBody, THRESHOLD};
 use super::*;
 
 fn engines(dir: &std::path::Path) -> (Arc<Engine>, Arc<Engine>) {
@@ -47,20 +47,6 @@ fn delete_of(id: &FileId, file_version: u64) -> ReplRecord {
         client_id: 0,
         seq: 0,
     }
-}
-
-async fn upload(e: &Engine, data: &[u8], appender: bool) -> FileId {
-    let s = e
-        .upload(
-            data.len() as u64,
-            "bin",
-            vec![MetaEntry::new("k", "v")],
-            appender,
-            &mut VecBody::new(data),
-        )
-        .await
-        .unwrap();
-    FileId::parse(&s.file_id).unwrap()
 }
 
 /// The op codes of `e`'s binlog, in order.

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use proto::{FileId, MetaEntry, MetaMode, ReplOp, ReplRecord};
 
-use super::tests::{config, pattern, read_all, VecBody, THRESHOLD};
+use super::tests::{config, pattern, read_all, upload, VecBody, THRESHOLD};
 use super::*;
 
 /// Records every replicated change with its bytes.
@@ -30,20 +30,6 @@ impl ReplicateHook for Recorder {
             Ok(())
         })
     }
-}
-
-async fn upload(e: &Engine, data: &[u8], appender: bool) -> FileId {
-    let s = e
-        .upload(
-            data.len() as u64,
-            "bin",
-            vec![MetaEntry::new("k", "v")],
-            appender,
-            &mut VecBody::new(data),
-        )
-        .await
-        .unwrap();
-    FileId::parse(&s.file_id).unwrap()
 }
 
 async fn same_files(a: &Engine, b: &Engine, ids: &[FileId]) {

@@ -101,7 +101,7 @@ async fn check(e: &Engine, id: &FileId, model: &[u8]) {
     }
 }
 
-async fn upload(e: &Engine, data: &[u8], appender: bool) -> FileId {
+pub(super) async fn upload(e: &Engine, data: &[u8], appender: bool) -> FileId {
     let st = e
         .upload(
             data.len() as u64,
