@@ -76,6 +76,25 @@ pub(crate) const MAX_META_VALUE: usize = 16 << 10;
 pub(crate) const PATCH_HEADER: u64 = 128;
 const PATCH_MAGIC: &[u8; 8] = b"CHPATCH1";
 
+/// The binlog frame of `entry`'s change at data version `v`, made by
+/// `origin` (which notes the version it took, and gives the entry its file
+/// version and the record its client ids).
+fn record_frame(
+    origin: &Origin<'_>,
+    v: u64,
+    committed: u64,
+    code: u8,
+    ids: &str,
+    entry: &mut Entry,
+    patch: u64,
+) -> Vec<u8> {
+    origin.took(v);
+    entry.version = origin.file_version(v);
+    let frame =
+        binlog::encode_committed(v, code, ids, entry.version, Some(entry), patch, committed);
+    binlog::with_client(frame, origin.client())
+}
+
 pub(crate) fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -341,18 +360,7 @@ impl Engine {
         let res = self
             .binlog
             .append(origin.expect(), |v, committed| {
-                origin.took(v);
-                entry.version = origin.file_version(v);
-                let frame = binlog::encode_committed(
-                    v,
-                    code,
-                    &ids,
-                    entry.version,
-                    Some(&entry),
-                    patch,
-                    committed,
-                );
-                binlog::with_client(frame, origin.client())
+                record_frame(&origin, v, committed, code, &ids, &mut entry, patch)
             })
             .await;
         match res {
@@ -438,20 +446,7 @@ impl Engine {
             .binlog
             .append_paired(
                 origin.expect(),
-                |v, committed| {
-                    origin.took(v);
-                    entry.version = origin.file_version(v);
-                    let frame = binlog::encode_committed(
-                        v,
-                        code,
-                        &ids,
-                        entry.version,
-                        Some(&entry),
-                        0,
-                        committed,
-                    );
-                    binlog::with_client(frame, origin.client())
-                },
+                |v, committed| record_frame(&origin, v, committed, code, &ids, &mut entry, 0),
                 |v| {
                     if header {
                         let h = encode_header(&ids, v, size, capacity, crc, appender);
