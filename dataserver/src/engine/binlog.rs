@@ -138,9 +138,19 @@ pub(crate) fn with_client(frame: Vec<u8>, client: (u64, u64)) -> Vec<u8> {
         return frame;
     }
     let mut buf = frame;
-    buf.extend_from_slice(&client.0.to_le_bytes());
-    buf.extend_from_slice(&client.1.to_le_bytes());
-    seal(buf)
+    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let mut ids = [0u8; 16];
+    ids[..8].copy_from_slice(&client.0.to_le_bytes());
+    ids[8..].copy_from_slice(&client.1.to_le_bytes());
+    buf.extend_from_slice(&ids);
+    // Extend the header's crc over the new bytes rather than hashing the
+    // whole payload again.
+    let mut h = crc32fast::Hasher::new_with_initial(crc);
+    h.update(&ids);
+    let len = (buf.len() - FRAME_HEADER) as u32;
+    buf[0..4].copy_from_slice(&len.to_le_bytes());
+    buf[4..8].copy_from_slice(&h.finalize().to_le_bytes());
+    buf
 }
 
 /// A void frame exactly as long as `rec`'s, or `None` when it would not fit
