@@ -558,3 +558,106 @@ async fn members_killed_mid_push_lose_nothing_and_converge() {
     verify_passes(&c).await;
     drop(c);
 }
+
+/// Forged or malformed async traffic is refused with a clear error and
+/// changes nothing: a push of a file whose source is not the sender, a push
+/// from a server that is not an ACTIVE member, an install whose body does
+/// not match its state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forged_and_malformed_pushes_are_refused() {
+    use client::peer::{PeerBody, PeerConn};
+    use proto::{FileId, ReplOp, ReplRecord, ReplState, Reply, Request};
+
+    let mut c = Cluster::start(ClusterOpts {
+        leaders: 1,
+        leader_args: LEADER_ARGS,
+        dataservers: 0,
+        dataserver_args: &[],
+    });
+    add_member(&mut c, 1);
+    add_member(&mut c, 2);
+    let lc = c.leader_client();
+    c.wait_map(&lc, Duration::from_secs(20), "both members ACTIVE", |m| {
+        all_active(m, 2)
+    })
+    .await;
+    let a_addr = c.dataservers[0].addr;
+    let a = direct(a_addr).await;
+    let before = data_version(&a).await;
+    // A file of server 1 (A itself) that exists nowhere.
+    let id = FileId::new("group1", 0, 1, 1_800_000_000, 4, 0, 42, "bin").unwrap();
+    let data = b"evil";
+    let install = |body_len: u64| ReplRecord {
+        version: 7,
+        file_id: id.to_string(),
+        op: ReplOp::Install,
+        prev_version: 0,
+        file_version: 7,
+        state: Some(ReplState {
+            size: 4,
+            crc32: crc32fast::hash(data),
+            create_time_us: 1,
+            modify_time_us: 1,
+            appender: false,
+            meta: Vec::new(),
+        }),
+        body_len,
+        client_id: 0,
+        seq: 0,
+    };
+    let mut conn = PeerConn::connect(
+        &a_addr.to_string(),
+        Duration::from_secs(5),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("connect");
+    let cases = [
+        // Server 2 is an ACTIVE member, but the file's source is server 1.
+        (2, install(4), ErrorCode::BadRequest),
+        // Server 99 is no member.
+        (99, install(4), ErrorCode::Unavailable),
+    ];
+    for (source, rec, want) in cases {
+        let op = Request::AsyncPush {
+            source,
+            rec,
+            source_time_us: 1,
+        };
+        let r = conn
+            .call(op, 0, (0, 0), PeerBody::Slice(data), None)
+            .await
+            .expect("exchange");
+        assert_eq!(r.as_ref().err().map(|e| e.code), Some(want), "{r:?}");
+    }
+    // A push whose state disagrees with its body length (from the member
+    // that is the file's source: a server-2 file).
+    let id2 = FileId::new("group1", 0, 2, 1_800_000_000, 4, 0, 43, "bin").unwrap();
+    let mut bad = install(4);
+    bad.file_id = id2.to_string();
+    bad.body_len = 3;
+    let op = Request::AsyncPush {
+        source: 2,
+        rec: bad,
+        source_time_us: 1,
+    };
+    let r = conn
+        .call(op, 0, (0, 0), PeerBody::Slice(&data[..3]), None)
+        .await
+        .expect("exchange");
+    assert_eq!(
+        r.as_ref().err().map(|e| e.code),
+        Some(ErrorCode::BadRequest),
+        "{r:?}"
+    );
+    // Nothing changed, and A still serves.
+    assert!(!a.exists(&id.to_string()).await.expect("exists"));
+    assert!(!a.exists(&id2.to_string()).await.expect("exists"));
+    assert_eq!(data_version(&a).await, before);
+    let ok = conn
+        .call(Request::Ping, 0, (0, 0), PeerBody::None, None)
+        .await
+        .expect("exchange");
+    assert!(matches!(ok, Ok(Reply::Pong { .. })), "{ok:?}");
+    drop(c);
+}
