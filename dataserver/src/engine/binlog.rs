@@ -579,7 +579,8 @@ impl Binlog {
             st.next = v + 1;
             st.pending.insert(v);
             self.assigned.send_replace(v);
-            let targets = vec![data(v), (st.seg.clone(), vec![(off, Bytes::from(frame))])];
+            let log = disk::Target::new(st.seg.clone(), vec![(off, Bytes::from(frame))]);
+            let targets = vec![data(v), log];
             (v, self.disk.send_multi(permit, targets, true, Some(hook)))
         };
         let result = disk::wait(rx).await;

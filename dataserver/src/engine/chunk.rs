@@ -18,17 +18,24 @@
 //! record's committed length beyond the header's `data length`; the header
 //! serves offline inspection. Reads verify the index's crc32.
 
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::disk::{self, DiskThread};
-use super::space::{Extent, FreeList, FsSpace};
+use super::dio::DirectFile;
+use super::disk::{self, DiskThread, DIO_ALIGN};
+use super::space::{Alloc, Extent, FreeList, FsSpace};
 
 pub(crate) const HEADER_LEN: u64 = 128;
+/// Chunk blocks are allocated ahead of O_DIRECT records in steps this big.
+const PREPARE_STEP: u64 = 32 << 20;
 const MAGIC: &[u8; 4] = b"CHRC";
 const MAX_ID: usize = 88;
 
@@ -110,6 +117,12 @@ pub(crate) struct Store {
     pub data_dir: PathBuf,
     pub tmp_dir: PathBuf,
     pub chunks: RwLock<Vec<Option<Arc<File>>>>,
+    /// The chunk files opened with O_DIRECT (on first use).
+    pub dio: RwLock<Vec<Option<Arc<File>>>>,
+    /// Cleared when this file system refuses O_DIRECT: buffered from then on.
+    pub dio_ok: AtomicBool,
+    /// Per chunk file, how far its blocks are allocated (see [`Self::prepare`]).
+    pub prepared: Mutex<HashMap<u32, u64>>,
     pub free: Arc<Mutex<FreeList>>,
     pub disk: DiskThread,
     /// Cached free space of the file system.
@@ -153,6 +166,102 @@ impl Store {
     /// Allocate `len` bytes of chunk space (creating a chunk file if needed).
     pub fn alloc(&self, len: u64, committed: u64) -> io::Result<(Arc<Extent>, Arc<File>)> {
         let (a, _) = self.free.lock().alloc(len);
+        self.take(a, committed)
+    }
+
+    /// Allocate a block-aligned extent of at least `len` bytes (a multiple
+    /// of [`DIO_ALIGN`]) and open its chunk for O_DIRECT; `None` when this
+    /// file system cannot do O_DIRECT (use [`Self::alloc`] then).
+    pub fn alloc_direct(
+        &self,
+        len: u64,
+        committed: u64,
+    ) -> io::Result<Option<(Arc<Extent>, DirectFile)>> {
+        if !self.dio_ok.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let (a, _) = self.free.lock().alloc_aligned(len, DIO_ALIGN as u64);
+        let (ext, file) = self.take(a, committed)?;
+        self.prepare(&file, ext.chunk, ext.offset + len);
+        match self.direct_fd(ext.chunk) {
+            Some(dio) => Ok(Some((ext, DirectFile { file, dio }))),
+            // The extent goes back to the free list when `ext` drops.
+            None => Ok(None),
+        }
+    }
+
+    /// Allocate the blocks of chunk `chunk` up to at least `end`, a
+    /// [`PREPARE_STEP`] ahead: an O_DIRECT write into allocated blocks
+    /// below the end of file runs concurrently with others and without
+    /// waiting for its completion under the inode lock, which an extending
+    /// one does (ext4). A hint only: failures leave the writes extending.
+    fn prepare(&self, file: &File, chunk: u32, end: u64) {
+        let mut prepared = self.prepared.lock();
+        let done = match prepared.get(&chunk) {
+            Some(&d) => d,
+            None => file.metadata().map_or(0, |m| m.len()),
+        };
+        if end <= done {
+            prepared.insert(chunk, done);
+            return;
+        }
+        let chunk_size = self.free.lock().chunk_size();
+        let to = end
+            .div_ceil(PREPARE_STEP)
+            .saturating_mul(PREPARE_STEP)
+            .min(chunk_size)
+            .max(end);
+        // SAFETY: plain syscall on an open descriptor; no memory passed.
+        let r = unsafe {
+            libc::fallocate(
+                file.as_raw_fd(),
+                0,
+                done as libc::off_t,
+                (to - done) as libc::off_t,
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            tracing::debug!(chunk, error = %e, "preallocating chunk space failed");
+            prepared.insert(chunk, u64::MAX);
+            return;
+        }
+        prepared.insert(chunk, to);
+    }
+
+    fn direct_fd(&self, chunk: u32) -> Option<Arc<File>> {
+        if let Some(f) = self.dio.read().get(chunk as usize).and_then(|f| f.clone()) {
+            return Some(f);
+        }
+        let mut dio = self.dio.write();
+        if let Some(f) = dio.get(chunk as usize).and_then(|f| f.clone()) {
+            return Some(f);
+        }
+        let path = self.chunks_dir.join(chunk_name(chunk));
+        let opened = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path);
+        match opened {
+            Ok(f) => {
+                let f = Arc::new(f);
+                if dio.len() <= chunk as usize {
+                    dio.resize(chunk as usize + 1, None);
+                }
+                dio[chunk as usize] = Some(f.clone());
+                Some(f)
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e,
+                    "O_DIRECT unavailable; new records are written through the page cache");
+                self.dio_ok.store(false, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    /// The extent `a` as a guard, with its chunk file (created if new).
+    fn take(&self, a: Alloc, committed: u64) -> io::Result<(Arc<Extent>, Arc<File>)> {
         let present = self
             .chunks
             .read()

@@ -2,6 +2,7 @@
 //! disk-thread writes, reading and verifying stored bytes.
 
 use std::fs::File;
+use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -34,7 +35,7 @@ impl<'a, B: Body> BodyIn<'a, B> {
     }
 
     /// Copy the next `n` body bytes into `sink`.
-    pub async fn take(&mut self, mut n: u64, sink: &mut Sink<'_>) -> Result<(), EngineError> {
+    pub async fn take(&mut self, mut n: u64, sink: &mut impl Out) -> Result<(), EngineError> {
         while n > 0 {
             if self.cur.is_empty() {
                 match self.body.next_chunk().await? {
@@ -80,6 +81,48 @@ impl<'a, B: Body> BodyIn<'a, B> {
                     ))
                 }
             }
+        }
+    }
+}
+
+/// Where new content goes: bytes in order, with a crc32 kept on the way.
+pub(crate) trait Out: Send {
+    fn push(&mut self, data: &[u8]) -> impl Future<Output = Result<(), EngineError>> + Send;
+
+    /// Like [`Self::push`], taking an owned buffer (which a sink may keep
+    /// instead of copying).
+    fn push_bytes(&mut self, data: Bytes) -> impl Future<Output = Result<(), EngineError>> + Send {
+        async move { self.push(&data).await }
+    }
+
+    fn zeros(&mut self, mut n: u64) -> impl Future<Output = Result<(), EngineError>> + Send {
+        async move {
+            let z = vec![0u8; (n as usize).min(FLUSH)];
+            while n > 0 {
+                let k = (n as usize).min(z.len());
+                self.push(&z[..k]).await?;
+                n -= k as u64;
+            }
+            Ok(())
+        }
+    }
+
+    /// Copy `len` bytes of `src` starting at `off`.
+    fn copy_from(
+        &mut self,
+        src: &Arc<File>,
+        off: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<(), EngineError>> + Send {
+        async move {
+            let mut done = 0u64;
+            while done < len {
+                let k = (len - done).min(FLUSH as u64) as usize;
+                let b = read_at(src, off + done, k).await?;
+                self.push_bytes(b).await?;
+                done += k as u64;
+            }
+            Ok(())
         }
     }
 }
@@ -152,8 +195,17 @@ impl<'a> Sink<'a> {
             .ctx(|| "writing data".to_string())
     }
 
-    /// Like [`Self::push`], taking an owned buffer (big ones are not copied).
-    pub async fn push_bytes(&mut self, data: Bytes) -> Result<(), EngineError> {
+    /// crc32 and length of everything pushed, and the not yet written
+    /// tail as a write piece (to go out with the final, synced write).
+    pub fn finish(mut self) -> (u32, u64, Vec<(u64, Bytes)>) {
+        let tail = self.take_held();
+        (self.hasher.finalize(), self.flushed, tail)
+    }
+}
+
+impl Out for Sink<'_> {
+    /// Big buffers are kept as they are, not copied.
+    async fn push_bytes(&mut self, data: Bytes) -> Result<(), EngineError> {
         if data.len() < ZERO_COPY_MIN {
             return self.push(&data).await;
         }
@@ -165,7 +217,7 @@ impl<'a> Sink<'a> {
         Ok(())
     }
 
-    pub async fn push(&mut self, mut data: &[u8]) -> Result<(), EngineError> {
+    async fn push(&mut self, mut data: &[u8]) -> Result<(), EngineError> {
         while !data.is_empty() {
             let k = data.len().min(FLUSH);
             self.make_room(k).await?;
@@ -176,40 +228,6 @@ impl<'a> Sink<'a> {
             data = rest;
         }
         Ok(())
-    }
-
-    pub async fn zeros(&mut self, mut n: u64) -> Result<(), EngineError> {
-        let z = vec![0u8; (n as usize).min(FLUSH)];
-        while n > 0 {
-            let k = (n as usize).min(z.len());
-            self.push(&z[..k]).await?;
-            n -= k as u64;
-        }
-        Ok(())
-    }
-
-    /// Copy `len` bytes of `src` starting at `off`.
-    pub async fn copy_from(
-        &mut self,
-        src: &Arc<File>,
-        off: u64,
-        len: u64,
-    ) -> Result<(), EngineError> {
-        let mut done = 0u64;
-        while done < len {
-            let k = (len - done).min(FLUSH as u64) as usize;
-            let b = read_at(src, off + done, k).await?;
-            self.push_bytes(b).await?;
-            done += k as u64;
-        }
-        Ok(())
-    }
-
-    /// crc32 and length of everything pushed, and the not yet written
-    /// tail as a write piece (to go out with the final, synced write).
-    pub fn finish(mut self) -> (u32, u64, Vec<(u64, Bytes)>) {
-        let tail = self.take_held();
-        (self.hasher.finalize(), self.flushed, tail)
     }
 }
 

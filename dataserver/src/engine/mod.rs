@@ -12,6 +12,7 @@
 //! * [`chunk`]: chunk files and record headers, per-store-path state;
 //! * [`space`]: free lists, extent guards, statvfs;
 //! * [`content`]: body streaming, buffered writes, verified reads;
+//! * [`dio`]: aligned buffers and O_DIRECT writes of new records;
 //! * [`write`]: the mutating operations; [`read`]: downloads;
 //! * [`recovery`]: opening the engine; [`lanes`]: per-file ordering.
 //!
@@ -23,6 +24,7 @@ mod checkpoint;
 mod chunk;
 mod codec;
 mod content;
+mod dio;
 mod disk;
 mod error;
 mod index;
@@ -35,6 +37,8 @@ mod replica;
 mod space;
 mod write;
 
+#[cfg(test)]
+mod dio_tests;
 #[cfg(test)]
 mod pushed_tests;
 #[cfg(test)]

@@ -11,6 +11,8 @@ use parking_lot::Mutex;
 
 /// Free extents smaller than this are not split off an allocation.
 const MIN_SPLIT: u64 = 256;
+/// Free extents an aligned allocation looks at before it takes new space.
+const ALIGNED_PROBES: usize = 64;
 
 /// Free space of one store path's chunk files.
 #[derive(Debug)]
@@ -40,6 +42,10 @@ impl FreeList {
             active_end,
             chunk_size,
         }
+    }
+
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
     }
 
     /// Total bytes on the free list.
@@ -73,6 +79,11 @@ impl FreeList {
                 false,
             );
         }
+        self.alloc_at_end(len)
+    }
+
+    /// Space at the end of the active chunk, or at the start of a new one.
+    fn alloc_at_end(&mut self, len: u64) -> (Alloc, bool) {
         let mut new_chunk = false;
         if self.active_end + len > self.chunk_size {
             if self.active_end < self.chunk_size {
@@ -96,6 +107,56 @@ impl FreeList {
         };
         self.active_end += len;
         (a, new_chunk)
+    }
+
+    /// Like [`Self::alloc`], for an extent starting on an `align` boundary
+    /// (a power of two; `len` a multiple of it), for records written with
+    /// O_DIRECT. Free space is used when a free extent holds the aligned
+    /// range (its unaligned front goes back to the list); the end of the
+    /// active chunk is rounded up the same way.
+    pub fn alloc_aligned(&mut self, len: u64, align: u64) -> (Alloc, bool) {
+        debug_assert!(align.is_power_of_two() && len.is_multiple_of(align));
+        let up = |o: u64| (o + align - 1) & !(align - 1);
+        let fit = self
+            .by_size
+            .range((len, 0, 0)..)
+            .take(ALIGNED_PROBES)
+            .find(|&&(flen, _, off)| up(off) - off + len <= flen)
+            .copied();
+        if let Some((flen, chunk, offset)) = fit {
+            self.remove(chunk, offset, flen);
+            let start = up(offset);
+            if start > offset {
+                self.insert(chunk, offset, start - offset);
+            }
+            let rest = offset + flen - (start + len);
+            if rest >= MIN_SPLIT {
+                self.insert(chunk, start + len, rest);
+                return (
+                    Alloc {
+                        chunk,
+                        offset: start,
+                        len,
+                    },
+                    false,
+                );
+            }
+            return (
+                Alloc {
+                    chunk,
+                    offset: start,
+                    len: len + rest,
+                },
+                false,
+            );
+        }
+        let start = up(self.active_end);
+        if start + len <= self.chunk_size && start > self.active_end {
+            let gap = (self.active_chunk, self.active_end, start - self.active_end);
+            self.active_end = start;
+            self.release(gap.0, gap.1, gap.2);
+        }
+        self.alloc_at_end(len)
     }
 
     fn insert(&mut self, chunk: u32, offset: u64, len: u64) {
@@ -258,6 +319,30 @@ mod tests {
         assert!(n);
         assert_eq!((g.chunk, g.offset), (1, 0));
         assert_eq!(f.free_bytes(), 10_000 - 4500);
+    }
+
+    #[test]
+    fn aligned_allocations_start_on_block_boundaries_and_lose_nothing() {
+        let mut f = FreeList::new(64 << 10, 0, 0);
+        let (a, _) = f.alloc(1000);
+        let (b, _) = f.alloc_aligned(8192, 4096);
+        assert_eq!((b.chunk, b.offset, b.len), (0, 4096, 8192));
+        // The gap in front went to the free list.
+        assert_eq!(f.free_bytes(), 4096 - 1000);
+        // Freed unaligned space: the aligned part is used, its front kept.
+        let (c, _) = f.alloc(20_000);
+        f.release(c.chunk, c.offset, c.len);
+        let (d, _) = f.alloc_aligned(8192, 4096);
+        assert_eq!(d.offset % 4096, 0);
+        assert!(d.offset >= c.offset && d.offset + d.len <= c.offset + c.len);
+        // Nothing is lost: everything handed out plus the free list is the
+        // used part of the chunk.
+        let handed = a.len + b.len + d.len;
+        assert_eq!(handed + f.free_bytes(), f.active_end);
+        // A request that does not fit the active chunk opens a new one.
+        let (g, new) = f.alloc_aligned(40 << 10, 4096);
+        assert!(new);
+        assert_eq!((g.chunk, g.offset), (1, 0));
     }
 
     #[test]

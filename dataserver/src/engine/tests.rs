@@ -83,7 +83,7 @@ pub(super) async fn read_all(
     Ok(out)
 }
 
-async fn check(e: &Engine, id: &FileId, model: &[u8]) {
+pub(super) async fn check(e: &Engine, id: &FileId, model: &[u8]) {
     let st = e.stat(id).await.unwrap();
     assert_eq!(st.size, model.len() as u64, "{id}");
     assert_eq!(st.crc32, crc32fast::hash(model), "{id}");
@@ -693,7 +693,11 @@ async fn binlog_records_carry_versions_and_ops() {
 }
 
 /// Where a small file's data lives: chunk file path and data offset.
-fn small_data_at(e: &Engine, cfg: &EngineConfig, id: &FileId) -> (std::path::PathBuf, u64) {
+pub(super) fn small_data_at(
+    e: &Engine,
+    cfg: &EngineConfig,
+    id: &FileId,
+) -> (std::path::PathBuf, u64) {
     let idx = e.index.read();
     match idx.get(id).unwrap().loc {
         index::Loc::Small {

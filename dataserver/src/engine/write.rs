@@ -60,8 +60,12 @@ use proto::{FileId, FileStat, MetaEntry, MetaMode};
 
 use super::binlog::{self, op};
 use super::chunk::{encode_header, open_rw, Store, HEADER_LEN};
-use super::content::{blocking, crc_concat, crc_range, crc_zeros, hasher_of, verify, BodyIn, Sink};
+use super::content::{
+    blocking, crc_concat, crc_range, crc_zeros, hasher_of, verify, BodyIn, Out, Sink,
+};
+use super::dio::{align_up, DirectSink, DirectTail, DIRECT_MIN};
 use super::disk;
+use super::disk::Target;
 use super::error::{EngineError, IoContext};
 use super::index::{Entry, Loc};
 use super::replica::{Change, Origin};
@@ -156,12 +160,34 @@ enum Seg {
 }
 
 /// New small-file bytes written but not yet made durable: the last pieces
-/// (queued with the binlog record) and whether the record header goes with
-/// them (it carries the record's data version, known only then).
-struct Staged {
-    file: Arc<File>,
-    pieces: Vec<(u64, Bytes)>,
-    header: bool,
+/// (queued with the binlog record) and, for a new record, its header (it
+/// carries the record's data version, known only then).
+enum Staged {
+    /// An in-place change of an existing record (no new header).
+    InPlace(Arc<File>, Vec<(u64, Bytes)>),
+    /// A new record written through the page cache.
+    Record(Arc<File>, Vec<(u64, Bytes)>),
+    /// A new record written with O_DIRECT (header in its first buffer).
+    Direct(DirectTail),
+}
+
+impl Staged {
+    /// What goes to disk with the binlog record; `header` builds the new
+    /// record's header for the record at `offset`.
+    fn into_target(
+        self,
+        offset: u64,
+        header: impl FnOnce() -> [u8; HEADER_LEN as usize],
+    ) -> Target {
+        match self {
+            Staged::InPlace(file, pieces) => Target::new(file, pieces),
+            Staged::Record(file, mut pieces) => {
+                pieces.push((offset, Bytes::copy_from_slice(&header())));
+                Target::new(file, pieces)
+            }
+            Staged::Direct(tail) => tail.seal(&header()),
+        }
+    }
 }
 
 /// Leaks an extent guard when dropped while still holding it.
@@ -437,22 +463,15 @@ impl Engine {
         // returns at the next start, rebuilt from the index) rather than
         // reused under a record that recovery may keep.
         let mut guard = LeakOnDrop(entry.extent.clone());
-        let Staged {
-            file,
-            mut pieces,
-            header,
-        } = staged;
         let res = self
             .binlog
             .append_paired(
                 origin.expect(),
                 |v, committed| record_frame(&origin, v, committed, code, &ids, &mut entry, 0),
                 |v| {
-                    if header {
-                        let h = encode_header(&ids, v, size, capacity, crc, appender);
-                        pieces.push((offset, Bytes::copy_from_slice(&h)));
-                    }
-                    (file, pieces)
+                    staged.into_target(offset, || {
+                        encode_header(&ids, v, size, capacity, crc, appender)
+                    })
                 },
             )
             .await;
@@ -636,13 +655,30 @@ impl Engine {
     ) -> Result<(FileId, Entry, Staged), EngineError> {
         let size: u64 = segs.iter().map(seg_len).sum();
         let cap = self.capacity_for(size, entry.appender);
-        let (ext, file) = store
-            .alloc(HEADER_LEN + cap, size)
-            .ctx(|| format!("allocating {cap} bytes in {}", store.chunks_dir.display()))?;
+        let alloc_err = || format!("allocating {cap} bytes in {}", store.chunks_dir.display());
+        let direct = if self.cfg.fsync == FsyncPolicy::Always && size >= DIRECT_MIN {
+            store
+                .alloc_direct(align_up(HEADER_LEN + cap), size)
+                .ctx(alloc_err)?
+        } else {
+            None
+        };
+        let (ext, crc, staged) = match direct {
+            Some((ext, target)) => {
+                let mut sink = DirectSink::new(&store.disk, target, ext.offset);
+                fill(&mut sink, segs, old, bin).await?;
+                let (crc, _, tail) = sink.finish().await?;
+                (ext, crc, Staged::Direct(tail))
+            }
+            None => {
+                let (ext, file) = store.alloc(HEADER_LEN + cap, size).ctx(alloc_err)?;
+                let mut sink = Sink::new(&store.disk, file.clone(), ext.offset + HEADER_LEN);
+                fill(&mut sink, segs, old, bin).await?;
+                let (crc, _, pieces) = sink.finish();
+                (ext, crc, Staged::Record(file, pieces))
+            }
+        };
         let capacity = ext.len - HEADER_LEN;
-        let mut sink = Sink::new(&store.disk, file.clone(), ext.offset + HEADER_LEN);
-        fill(&mut sink, segs, old, bin).await?;
-        let (crc, _, pieces) = sink.finish();
         let id = name(crc)?;
         entry.loc = Loc::Small {
             store: store.index,
@@ -653,11 +689,6 @@ impl Engine {
         entry.size = size;
         entry.crc32 = crc;
         entry.extent = Some(ext);
-        let staged = Staged {
-            file,
-            pieces,
-            header: true,
-        };
         Ok((id, entry, staged))
     }
 
@@ -934,11 +965,7 @@ impl Engine {
                 entry.size = new_size;
                 entry.crc32 = crc_concat(e.crc32, e.size, acrc, size);
                 entry.modify_us = now_us();
-                let staged = Staged {
-                    file,
-                    pieces,
-                    header: false,
-                };
+                let staged = Staged::InPlace(file, pieces);
                 let res = self
                     .commit_paired(op::APPEND, id, entry, staged, origin, change)
                     .await;
@@ -1184,11 +1211,7 @@ impl Engine {
                     sink.zeros(size - e.size).await?;
                     let (zcrc, _, pieces) = sink.finish();
                     entry.crc32 = crc_concat(e.crc32, e.size, zcrc, size - e.size);
-                    let staged = Staged {
-                        file,
-                        pieces,
-                        header: false,
-                    };
+                    let staged = Staged::InPlace(file, pieces);
                     let res = self
                         .commit_paired(op::TRUNCATE, id, entry, staged, origin, change)
                         .await;
@@ -1284,7 +1307,7 @@ fn seg_len(s: &Seg) -> u64 {
 
 /// Produce the new content into `sink`.
 async fn fill<B: Body>(
-    sink: &mut Sink<'_>,
+    sink: &mut impl Out,
     segs: &[Seg],
     old: Option<(&Arc<File>, u64)>,
     bin: &mut BodyIn<'_, B>,

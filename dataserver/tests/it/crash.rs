@@ -23,7 +23,7 @@ struct FileModel {
     pending: Option<Vec<u8>>,
 }
 
-const SIZES: [usize; 7] = [0, 1, 100, 4096, 20_000, 70_000, 300_000];
+const SIZES: [usize; 8] = [0, 1, 100, 4096, 20_000, 70_000, 300_000, 1_100_000];
 
 fn random_bytes(rng: &mut StdRng, n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
@@ -135,7 +135,9 @@ async fn writer(addr: SocketAddr, seed: u64, stop: Arc<AtomicBool>) -> (Vec<File
 
 async fn run_seed(seed: u64) {
     let opts = DataserverOpts {
-        large_file_threshold: Some("128KiB".into()),
+        // 300 KB files are chunk records written with O_DIRECT, 1.1 MB ones
+        // large files.
+        large_file_threshold: Some("1MiB".into()),
         ..DataserverOpts::default()
     };
     let mut ds = Dataserver::start(opts);
