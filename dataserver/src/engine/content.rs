@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
 
 use super::disk::DiskThread;
 use super::error::{EngineError, IoContext};
@@ -18,11 +19,35 @@ pub(crate) const FLUSH: usize = 1 << 20;
 /// of small records); larger ones go to the blocking pool.
 const INLINE_READ: usize = 128 << 10;
 
+/// The bytes of a body as they arrived, kept (shared, no copy) when a
+/// change's bytes go to the slaves, so they need not be read back from disk.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Kept(Option<Arc<Mutex<Vec<Bytes>>>>);
+
+impl Kept {
+    /// A slot that keeps what it is given.
+    pub fn on() -> Self {
+        Kept(Some(Arc::default()))
+    }
+
+    fn push(&self, b: &Bytes) {
+        if let Some(k) = &self.0 {
+            k.lock().push(b.clone());
+        }
+    }
+
+    /// What was kept, if this slot keeps anything.
+    pub fn take(&self) -> Option<Vec<Bytes>> {
+        self.0.as_ref().map(|k| std::mem::take(&mut *k.lock()))
+    }
+}
+
 /// A body that must yield exactly `left` more bytes.
 pub(crate) struct BodyIn<'a, B: Body> {
     body: &'a mut B,
     left: u64,
     cur: Bytes,
+    kept: Kept,
 }
 
 impl<'a, B: Body> BodyIn<'a, B> {
@@ -31,7 +56,14 @@ impl<'a, B: Body> BodyIn<'a, B> {
             body,
             left: size,
             cur: Bytes::new(),
+            kept: Kept::default(),
         }
+    }
+
+    /// Keep every byte taken in `kept` too.
+    pub fn keeping(mut self, kept: &Kept) -> Self {
+        self.kept = kept.clone();
+        self
     }
 
     /// Copy the next `n` body bytes into `sink`.
@@ -58,6 +90,7 @@ impl<'a, B: Body> BodyIn<'a, B> {
             }
             let k = (self.cur.len() as u64).min(n) as usize;
             let part = self.cur.split_to(k);
+            self.kept.push(&part);
             sink.push_bytes(part).await?;
             n -= k as u64;
         }

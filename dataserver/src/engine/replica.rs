@@ -24,7 +24,7 @@ use bytes::Bytes;
 use proto::{FileId, FileStat, ReplOp, ReplRecord, ReplState};
 
 use super::chunk::HEADER_LEN;
-use super::content::read_at;
+use super::content::{read_at, Kept};
 use super::error::{EngineError, IoContext};
 use super::index::{Entry, Loc};
 use super::{Body, Engine};
@@ -97,14 +97,19 @@ impl Origin<'_> {
     }
 }
 
+/// Bodies up to this size are kept in memory for the slaves.
+const KEEP_MAX: u64 = 8 << 20;
+
 /// What a local change was, for the slaves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Change {
     pub op: ReplOp,
     /// The file's version before (0: it did not exist).
     pub prev_version: u64,
     /// The bytes to send: `(offset, len)` within the new content.
     pub content: Option<(u64, u64)>,
+    /// Those bytes as they arrived, if kept (see [`Engine::keep_for_slaves`]).
+    pub body: Kept,
 }
 
 /// Bytes of a durable, not yet published change, read back for the slaves.
@@ -115,6 +120,8 @@ pub struct Content {
     len: u64,
     /// A small file's extent stays reserved while its bytes are read.
     _extent: Option<Arc<super::space::Extent>>,
+    /// The same bytes still in memory (the body as it arrived), if kept.
+    mem: Option<Arc<[Bytes]>>,
 }
 
 impl Content {
@@ -129,7 +136,28 @@ impl Content {
     /// Up to `max` bytes from `at` (within the change's bytes).
     pub async fn read(&self, at: u64, max: usize) -> Result<Bytes, EngineError> {
         let n = (self.len.saturating_sub(at)).min(max as u64) as usize;
+        if let Some(parts) = &self.mem {
+            let mut start = 0u64;
+            for p in parts.iter() {
+                let end = start + p.len() as u64;
+                if at < end {
+                    let from = (at - start) as usize;
+                    return Ok(p.slice(from..p.len().min(from + n)));
+                }
+                start = end;
+            }
+            return Ok(Bytes::new());
+        }
         read_at(&self.file, self.base + at, n).await
+    }
+
+    /// Serve these bytes from `parts` (which must be them) instead of disk.
+    fn with_mem(mut self, parts: Vec<Bytes>) -> Self {
+        let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        if n == self.len {
+            self.mem = Some(parts.into_iter().filter(|p| !p.is_empty()).collect());
+        }
+        self
     }
 
     /// All of it, in pieces of at most one stream chunk (1 MiB).
@@ -225,6 +253,7 @@ impl Engine {
                     base: rec + HEADER_LEN + offset,
                     len,
                     _extent: entry.extent.clone(),
+                    mem: None,
                 })
             }
             Loc::Large { .. } => {
@@ -235,6 +264,7 @@ impl Engine {
                     base: offset,
                     len,
                     _extent: None,
+                    mem: None,
                 })
             }
         }
@@ -397,6 +427,18 @@ impl Engine {
         res.map(|()| stat)
     }
 
+    /// Whether the body of a local change of `size` bytes is kept in
+    /// memory for the slaves (only with a replicate hook, up to
+    /// [`KEEP_MAX`]); else its bytes are read back from disk.
+    pub(crate) fn keep_for_slaves(&self, origin: Origin<'_>, size: u64) -> Kept {
+        if matches!(origin, Origin::Local { .. }) && size <= KEEP_MAX && self.hook.read().is_some()
+        {
+            Kept::on()
+        } else {
+            Kept::default()
+        }
+    }
+
     pub(crate) async fn replicate_local(
         &self,
         client: (u64, u64),
@@ -408,7 +450,13 @@ impl Engine {
             return Ok(());
         };
         let content = match change.content {
-            Some((off, len)) => Some(self.content_of(id, entry, off, len)?),
+            Some((off, len)) => {
+                let c = self.content_of(id, entry, off, len)?;
+                Some(match change.body.take() {
+                    Some(parts) => c.with_mem(parts),
+                    None => c,
+                })
+            }
             None => None,
         };
         let rec = ReplRecord {

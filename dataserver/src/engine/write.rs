@@ -61,7 +61,7 @@ use proto::{FileId, FileStat, MetaEntry, MetaMode};
 use super::binlog::{self, op};
 use super::chunk::{encode_header, open_rw, Store, HEADER_LEN};
 use super::content::{
-    blocking, crc_concat, crc_range, crc_zeros, hasher_of, verify, BodyIn, Out, Sink,
+    blocking, crc_concat, crc_range, crc_zeros, hasher_of, verify, BodyIn, Kept, Out, Sink,
 };
 use super::dio::{align_up, DirectSink, DirectTail, DIRECT_MIN};
 use super::disk;
@@ -576,12 +576,13 @@ impl Engine {
             op: ReplOp::Create,
             prev_version: 0,
             content: Some((0, size)),
+            body: self.keep_for_slaves(origin, size),
         };
         let name = |crc| match fixed {
             Some(id) => Ok(id.clone()),
             None => self.new_id(store.index, now, size, crc, ext),
         };
-        let mut bin = BodyIn::new(body, size);
+        let mut bin = BodyIn::new(body, size).keeping(&change.body);
         let mut entry = Entry {
             loc: Loc::Large { store: store.index },
             size,
@@ -872,6 +873,7 @@ impl Engine {
                     op: ReplOp::Delete,
                     prev_version: e.version,
                     content: None,
+                    body: Kept::default(),
                 };
                 self.replicate_local(client, change, id, &gone).await
             }
@@ -920,12 +922,13 @@ impl Engine {
             .checked_add(size)
             .ok_or_else(|| EngineError::BadRequest("size overflows".into()))?;
         let store = &self.stores[e.loc.store() as usize];
-        let mut bin = BodyIn::new(body, size);
         let change = Change {
             op: ReplOp::Append { offset: e.size },
             prev_version: e.version,
             content: Some((e.size, size)),
+            body: self.keep_for_slaves(origin, size),
         };
+        let mut bin = BodyIn::new(body, size).keeping(&change.body);
         match e.loc {
             Loc::Small {
                 chunk,
@@ -1018,12 +1021,13 @@ impl Engine {
             .ok_or_else(|| EngineError::BadRequest("size overflows".into()))?;
         let new_size = e.size.max(end);
         let store = &self.stores[e.loc.store() as usize];
-        let mut bin = BodyIn::new(body, size);
         let change = Change {
             op: ReplOp::Modify { offset },
             prev_version: e.version,
             content: Some((offset, size)),
+            body: self.keep_for_slaves(origin, size),
         };
+        let mut bin = BodyIn::new(body, size).keeping(&change.body);
         match e.loc {
             Loc::Small { .. } => {
                 self.check_chunk_space(store, new_size)?;
@@ -1171,6 +1175,7 @@ impl Engine {
             op: ReplOp::Truncate,
             prev_version: e.version,
             content: None,
+            body: Kept::default(),
         };
         match e.loc {
             Loc::Small {
@@ -1294,6 +1299,7 @@ impl Engine {
             op: ReplOp::SetMeta,
             prev_version: e.version,
             content: None,
+            body: Kept::default(),
         };
         self.commit(op::SET_META, id, entry, origin, change).await
     }
