@@ -169,6 +169,23 @@ impl Dataserver {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Wait until the log contains `needle` (a line may be written just
+    /// after the state it reports became visible elsewhere); returns the
+    /// log, panics with it after `timeout`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return log;
+            }
+            if std::time::Instant::now() >= deadline {
+                panic!("{needle:?} not in the log after {timeout:?}:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
     }

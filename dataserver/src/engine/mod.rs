@@ -56,6 +56,7 @@ use parking_lot::{Mutex, RwLock};
 use proto::{FileId, FileStat, MetaEntry, MetaMode};
 
 pub use binlog::{op as binlog_op, BinlogRecord, LogPos};
+pub use dio::RecvBuf;
 pub use error::EngineError;
 pub use pushed::{PushOutcome, Snapshot};
 pub use replica::{Content, HookFuture, ReplicateHook};

@@ -102,14 +102,18 @@ pub(super) async fn check(e: &Engine, id: &FileId, model: &[u8]) {
 }
 
 pub(super) async fn upload(e: &Engine, data: &[u8], appender: bool) -> FileId {
+    upload_body(e, data.len() as u64, appender, &mut VecBody::new(data)).await
+}
+
+/// Upload `len` bytes from `body`.
+pub(super) async fn upload_body(
+    e: &Engine,
+    len: u64,
+    appender: bool,
+    body: &mut impl Body,
+) -> FileId {
     let st = e
-        .upload(
-            data.len() as u64,
-            "bin",
-            vec![MetaEntry::new("k", "v")],
-            appender,
-            &mut VecBody::new(data),
-        )
+        .upload(len, "bin", vec![MetaEntry::new("k", "v")], appender, body)
         .await
         .unwrap();
     FileId::parse(&st.file_id).unwrap()

@@ -7,12 +7,14 @@ use proto::{FrameError, FrameReader, Message};
 use rkyv::util::AlignedVec;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::engine::{Body, EngineError};
+use crate::engine::{Body, EngineError, RecvBuf};
 
 /// Per-connection buffers for body frames. The payload buffer is handed to
 /// the engine as `Bytes` without copying; once the engine (the disk thread)
 /// has dropped it, the next frame reuses the same allocation, so a steady
 /// stream of uploads neither allocates, zero-fills nor page-faults per frame.
+/// Frames of 64 KiB or more go into pooled buffers from the engine instead
+/// ([`RecvBuf`]), laid out so new records are written from them directly.
 #[derive(Default)]
 pub struct BodyBufs {
     meta: AlignedVec,
@@ -34,6 +36,12 @@ impl BodyBufs {
         self.meta.resize(header.meta_len as usize, 0);
         read_exact(inner, &mut self.meta[..]).await?;
         let len = header.payload_len as usize;
+        // A big frame goes into a pooled buffer placed for O_DIRECT.
+        if let Some(mut buf) = RecvBuf::new(len) {
+            read_exact(inner, buf.space()).await?;
+            let msg = proto::frame::decode::<Message>(&self.meta)?;
+            return Ok(Some((msg, buf.freeze())));
+        }
         // Reclaims the previous allocation when nobody holds it any more.
         self.payload.clear();
         self.payload.reserve(len);

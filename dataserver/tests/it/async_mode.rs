@@ -400,9 +400,9 @@ async fn async_members_take_writes_everywhere_and_converge() {
         all_active(m, 3)
     })
     .await;
-    let log = c.dataservers[2].log_text();
+    // The line is logged once the leaders answered, just after the map shows it.
+    let log = c.dataservers[2].wait_log("SYNCING -> ACTIVE", Duration::from_secs(5));
     assert!(log.contains("WAIT_SYNC -> SYNCING"), "{log}");
-    assert!(log.contains("SYNCING -> ACTIVE"), "{log}");
     let cc = direct(c_addr).await;
     let mut model_c = Model::new();
     write_on(&cc, 5, 8, &mut model_c).await;
