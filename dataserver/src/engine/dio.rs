@@ -29,7 +29,8 @@ use super::error::{EngineError, IoContext};
 
 /// Records at least this big (data bytes) are written with O_DIRECT.
 pub(crate) const DIRECT_MIN: u64 = 128 << 10;
-/// Buffers kept for reuse.
+/// Buffers kept for reuse (64 MiB at most; a larger pool measured no
+/// faster with 16 concurrent 1 MiB uploads).
 const POOL_MAX: usize = 64;
 /// Bytes of one pooled buffer: a [`FLUSH`] window of a record, or a body
 /// frame of up to [`FLUSH`] bytes placed at [`RECV_AT`].
@@ -56,27 +57,33 @@ pub(crate) fn align_up(n: u64) -> u64 {
 
 static POOL: Mutex<Vec<Raw>> = Mutex::new(Vec::new());
 
-/// A [`CAP`]-byte allocation aligned to [`DIO_ALIGN`], zeroed when first
-/// allocated (so every byte of it is always initialised).
-struct Raw(NonNull<u8>);
+/// An allocation of `cap` bytes ([`CAP`], pooled, or one block) aligned to
+/// [`DIO_ALIGN`], zeroed when first allocated (so every byte of it is
+/// always initialised).
+struct Raw {
+    ptr: NonNull<u8>,
+    cap: usize,
+}
 
 // SAFETY: `Raw` owns its allocation exclusively; nothing else aliases it.
 unsafe impl Send for Raw {}
 
 impl Raw {
-    fn layout() -> Layout {
-        Layout::from_size_align(CAP, DIO_ALIGN).expect("CAP and DIO_ALIGN are valid")
+    fn layout(cap: usize) -> Layout {
+        Layout::from_size_align(cap, DIO_ALIGN).expect("sizes and DIO_ALIGN are valid")
     }
 
-    fn get() -> Raw {
-        if let Some(r) = POOL.lock().pop() {
-            return r;
+    fn get(cap: usize) -> Raw {
+        if cap == CAP {
+            if let Some(r) = POOL.lock().pop() {
+                return r;
+            }
         }
-        let layout = Self::layout();
+        let layout = Self::layout(cap);
         // SAFETY: the layout has a non-zero size.
         let p = unsafe { alloc_zeroed(layout) };
         match NonNull::new(p) {
-            Some(p) => Raw(p),
+            Some(ptr) => Raw { ptr, cap },
             None => std::alloc::handle_alloc_error(layout),
         }
     }
@@ -84,36 +91,49 @@ impl Raw {
 
 impl Drop for Raw {
     fn drop(&mut self) {
-        let mut pool = POOL.lock();
-        if pool.len() < POOL_MAX {
-            pool.push(Raw(self.0));
-            // The pool owns the allocation now.
-            return;
+        if self.cap == CAP {
+            let mut pool = POOL.lock();
+            if pool.len() < POOL_MAX {
+                pool.push(Raw {
+                    ptr: self.ptr,
+                    cap: self.cap,
+                });
+                // The pool owns the allocation now.
+                return;
+            }
         }
-        drop(pool);
         // SAFETY: allocated in `Raw::get` with this layout and not freed.
-        unsafe { dealloc(self.0.as_ptr(), Self::layout()) }
+        unsafe { dealloc(self.ptr.as_ptr(), Self::layout(self.cap)) }
     }
 }
 
-/// A pooled aligned buffer of which the first `len` bytes are in use.
+/// An aligned buffer of which the first `len` bytes are in use.
 pub(crate) struct AlignedBuf {
     raw: Raw,
     len: usize,
 }
 
 impl AlignedBuf {
+    /// A pooled buffer of [`CAP`] bytes.
     pub fn new() -> Self {
         AlignedBuf {
-            raw: Raw::get(),
+            raw: Raw::get(CAP),
+            len: 0,
+        }
+    }
+
+    /// A one-block buffer (a record's first block).
+    pub fn block() -> Self {
+        AlignedBuf {
+            raw: Raw::get(DIO_ALIGN),
             len: 0,
         }
     }
 
     fn full(&mut self) -> &mut [u8] {
-        // SAFETY: the allocation is CAP bytes, initialised (zeroed when
+        // SAFETY: the allocation is `cap` bytes, initialised (zeroed when
         // allocated) and owned by `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.raw.0.as_ptr(), CAP) }
+        unsafe { std::slice::from_raw_parts_mut(self.raw.ptr.as_ptr(), self.raw.cap) }
     }
 
     /// Write `data` at `at`; the buffer is in use up to its end at least.
@@ -137,8 +157,8 @@ impl AlignedBuf {
 
 impl AsRef<[u8]> for AlignedBuf {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: `len <= CAP` and the allocation is initialised.
-        unsafe { std::slice::from_raw_parts(self.raw.0.as_ptr(), self.len) }
+        // SAFETY: `len <= cap` and the allocation is initialised.
+        unsafe { std::slice::from_raw_parts(self.raw.ptr.as_ptr(), self.len) }
     }
 }
 
@@ -235,7 +255,7 @@ impl DirectTail {
 impl<'a> DirectSink<'a> {
     pub fn new(disk: &'a DiskThread, target: DirectFile, base: u64) -> Self {
         debug_assert!(base.is_multiple_of(BLOCK));
-        let mut head = AlignedBuf::new();
+        let mut head = AlignedBuf::block();
         // Placeholder for the header (written in `DirectTail::seal`).
         head.write_at(0, &[0u8; HEADER_LEN as usize]);
         DirectSink {
@@ -374,7 +394,7 @@ mod tests {
     #[test]
     fn buffers_are_aligned_and_padded() {
         let mut b = AlignedBuf::new();
-        assert_eq!(b.raw.0.as_ptr() as usize % DIO_ALIGN, 0);
+        assert_eq!(b.raw.ptr.as_ptr() as usize % DIO_ALIGN, 0);
         b.write_at(0, b"abc");
         b.pad();
         assert_eq!(b.as_ref().len(), DIO_ALIGN);
@@ -384,7 +404,7 @@ mod tests {
         drop(bytes);
         // Back in the pool (or freed); a new buffer is aligned again.
         let again = AlignedBuf::new();
-        assert_eq!(again.raw.0.as_ptr() as usize % DIO_ALIGN, 0);
+        assert_eq!(again.raw.ptr.as_ptr() as usize % DIO_ALIGN, 0);
         assert_eq!(align_up(1), 4096);
         assert_eq!(align_up(4096), 4096);
         assert_eq!(align_up(0), 0);
