@@ -22,7 +22,12 @@ rm -rf "$dir" && mkdir -p "$dir"
 out="$dir/results.txt"
 : >"$out"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+# The benches write tens of GB: at exit keep only the results and logs.
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$dir"/single "$dir"/l[123] "$dir"/d[123] "$dir"/al[123] "$dir"/ad[123]
+}
 trap cleanup EXIT
 
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
@@ -101,7 +106,7 @@ first = min(t for t, _ in done)
 print(f"failover (default timeouts): master killed -> first upload served again after {first - killed:.2f} s")
 PY
 
-# 4. Catch-up: stop a slave, write 256 MiB, restart it, time until ACTIVE.
+# 4. Catch-up: stop a slave, write for 2 s (GBs), restart it, time until ACTIVE.
 slave=$(for i in 1 2 3; do if [ "$i" != "$master" ]; then echo "$i"; fi; done | head -1)
 for _ in $(seq 300); do
   m=$(master_id 2>/dev/null || echo 0)
@@ -110,7 +115,7 @@ for _ in $(seq 300); do
 done
 kill -9 "${dpid[$slave]}"
 sleep 4
-"$bin/chorus" --leaders "$leaders" bench --op upload --size 1MiB --concurrency 8 --duration 6 --json >"$dir/fill.json"
+"$bin/chorus" --leaders "$leaders" bench --op upload --size 1MiB --concurrency 8 --duration 2 --json >"$dir/fill.json"
 start_ds "$slave"
 t0=$(date +%s.%N)
 for _ in $(seq 1200); do

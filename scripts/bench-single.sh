@@ -34,7 +34,8 @@ port=23950
 "$bin/chorus-dataserver" --data-dir "$dir/ds" --listen "127.0.0.1:$port" \
   --reserved-space 1GiB --fsync always 2>"$dir/dataserver.log" &
 pid=$!
-trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true' EXIT
+# The uploads write tens of GB: keep only the results.
+trap 'kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -rf "$dir/ds"' EXIT
 for _ in $(seq 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
   sleep 0.1

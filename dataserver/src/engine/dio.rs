@@ -42,6 +42,9 @@ const RECV_AT: usize = HEADER_LEN as usize;
 /// Body pieces at least this big are written from where they were
 /// received when their memory lines up with the record (see [`RecvBuf`]).
 const ZERO_COPY_MIN: usize = 64 << 10;
+/// Frames at least this big are received into a pooled [`CAP`]-byte
+/// buffer: a frame never holds more than 4× its size.
+const RECV_MIN: usize = CAP / 4;
 const BLOCK: u64 = DIO_ALIGN as u64;
 /// Most bytes of a record held back to be written with its commit.
 const DEFER_MAX: usize = 4 << 20;
@@ -174,12 +177,10 @@ pub struct RecvBuf {
 impl RecvBuf {
     /// `None` for a frame too small to gain from it or too big to fit.
     pub fn new(len: usize) -> Option<RecvBuf> {
-        (ZERO_COPY_MIN..=CAP - RECV_AT)
-            .contains(&len)
-            .then(|| RecvBuf {
-                buf: AlignedBuf::new(),
-                len,
-            })
+        (RECV_MIN..=CAP - RECV_AT).contains(&len).then(|| RecvBuf {
+            buf: AlignedBuf::new(),
+            len,
+        })
     }
 
     /// The `len` bytes to fill.

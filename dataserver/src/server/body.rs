@@ -13,7 +13,7 @@ use crate::engine::{Body, EngineError, RecvBuf};
 /// the engine as `Bytes` without copying; once the engine (the disk thread)
 /// has dropped it, the next frame reuses the same allocation, so a steady
 /// stream of uploads neither allocates, zero-fills nor page-faults per frame.
-/// Frames of 64 KiB or more go into pooled buffers from the engine instead
+/// Frames of 256 KiB or more go into pooled buffers from the engine instead
 /// ([`RecvBuf`]), laid out so new records are written from them directly.
 #[derive(Default)]
 pub struct BodyBufs {
