@@ -18,7 +18,6 @@
 //! record's committed length beyond the header's `data length`; the header
 //! serves offline inspection. Reads verify the index's crc32.
 
-use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
@@ -34,8 +33,6 @@ use super::disk::{self, DiskThread, DIO_ALIGN};
 use super::space::{Alloc, Extent, FreeList, FsSpace};
 
 pub(crate) const HEADER_LEN: u64 = 128;
-/// Chunk blocks are allocated ahead of O_DIRECT records in steps this big.
-const PREPARE_STEP: u64 = 32 << 20;
 const MAGIC: &[u8; 4] = b"CHRC";
 const MAX_ID: usize = 88;
 
@@ -121,8 +118,6 @@ pub(crate) struct Store {
     pub dio: RwLock<Vec<Option<Arc<File>>>>,
     /// Cleared when this file system refuses O_DIRECT: buffered from then on.
     pub dio_ok: AtomicBool,
-    /// Per chunk file, how far its blocks are allocated (see [`Self::prepare`]).
-    pub prepared: Mutex<HashMap<u32, u64>>,
     pub free: Arc<Mutex<FreeList>>,
     pub disk: DiskThread,
     /// Cached free space of the file system.
@@ -182,7 +177,7 @@ impl Store {
         }
         let (a, _) = self.free.lock().alloc_aligned(len, DIO_ALIGN as u64);
         let (ext, file) = self.take(a, committed)?;
-        self.prepare(&file, ext.chunk, ext.offset + len);
+        Self::prepare(&file, ext.offset, ext.offset + len);
         match self.direct_fd(ext.chunk) {
             Some(dio) => Ok(Some((ext, DirectFile { file, dio }))),
             // The extent goes back to the free list when `ext` drops.
@@ -190,43 +185,28 @@ impl Store {
         }
     }
 
-    /// Allocate the blocks of chunk `chunk` up to at least `end`, a
-    /// [`PREPARE_STEP`] ahead: an O_DIRECT write into allocated blocks
-    /// below the end of file runs concurrently with others and without
-    /// waiting for its completion under the inode lock, which an extending
-    /// one does (ext4). A hint only: failures leave the writes extending.
-    fn prepare(&self, file: &File, chunk: u32, end: u64) {
-        let mut prepared = self.prepared.lock();
-        let done = match prepared.get(&chunk) {
-            Some(&d) => d,
-            None => file.metadata().map_or(0, |m| m.len()),
-        };
-        if end <= done {
-            prepared.insert(chunk, done);
-            return;
-        }
-        let chunk_size = self.free.lock().chunk_size();
-        let to = end
-            .div_ceil(PREPARE_STEP)
-            .saturating_mul(PREPARE_STEP)
-            .min(chunk_size)
-            .max(end);
+    /// Allocate the blocks of an O_DIRECT record's extent `[offset, end)`
+    /// before writing it: an O_DIRECT write into allocated blocks below the
+    /// end of file runs concurrently with others, where an extending one
+    /// waits for its completion under the inode lock (ext4). Only the
+    /// extent itself, so the file system loses no more than the write
+    /// would take (allocating ahead measured a little faster but ate into
+    /// the reserve unseen). A hint only: a failure leaves the write
+    /// extending.
+    fn prepare(file: &File, offset: u64, end: u64) {
         // SAFETY: plain syscall on an open descriptor; no memory passed.
         let r = unsafe {
             libc::fallocate(
                 file.as_raw_fd(),
                 0,
-                done as libc::off_t,
-                (to - done) as libc::off_t,
+                offset as libc::off_t,
+                (end - offset) as libc::off_t,
             )
         };
         if r != 0 {
             let e = io::Error::last_os_error();
-            tracing::debug!(chunk, error = %e, "preallocating chunk space failed");
-            prepared.insert(chunk, u64::MAX);
-            return;
+            tracing::debug!(error = %e, "preallocating an O_DIRECT record failed");
         }
-        prepared.insert(chunk, to);
     }
 
     fn direct_fd(&self, chunk: u32) -> Option<Arc<File>> {

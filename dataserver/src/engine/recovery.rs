@@ -452,7 +452,6 @@ fn open_store(
         chunks: RwLock::new(chunks),
         dio: RwLock::new(Vec::new()),
         dio_ok: AtomicBool::new(true),
-        prepared: Mutex::new(HashMap::new()),
         free,
         disk,
         space: FsSpace::new(root),

@@ -44,10 +44,6 @@ impl FreeList {
         }
     }
 
-    pub fn chunk_size(&self) -> u64 {
-        self.chunk_size
-    }
-
     /// Total bytes on the free list.
     pub fn free_bytes(&self) -> u64 {
         self.by_pos.values().sum()
