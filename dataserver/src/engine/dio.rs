@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 
 use super::chunk::HEADER_LEN;
 use super::content::{Out, FLUSH};
-use super::disk::{DiskThread, Target, DIO_ALIGN};
+use super::disk::{DiskThread, Pieces, Target, DIO_ALIGN};
 use super::error::{EngineError, IoContext};
 
 /// Records at least this big (data bytes) are written with O_DIRECT.
@@ -203,6 +203,17 @@ pub(crate) struct DirectFile {
     pub dio: Arc<File>,
 }
 
+impl DirectFile {
+    /// A disk-thread target writing `pieces` through the O_DIRECT descriptor.
+    fn target(&self, pieces: Pieces) -> Target {
+        Target {
+            file: self.file.clone(),
+            pieces: Vec::new(),
+            direct: Some((self.dio.clone(), pieces)),
+        }
+    }
+}
+
 /// Fills a new record at the block-aligned extent start `base`. The
 /// record's first block (with the header) is copied into `head`. Later
 /// bytes are copied into `pending` buffers, held back as each fills up,
@@ -225,7 +236,7 @@ pub(crate) struct DirectSink<'a> {
     pending: Option<(u64, AlignedBuf)>,
     /// Full pieces held back to go out with the paired commit (one disk
     /// round trip for the whole record), up to [`DEFER_MAX`] bytes.
-    deferred: Vec<(u64, Bytes)>,
+    deferred: Pieces,
     deferred_len: usize,
     hasher: crc32fast::Hasher,
 }
@@ -236,7 +247,7 @@ pub(crate) struct DirectTail {
     target: DirectFile,
     base: u64,
     head: AlignedBuf,
-    deferred: Vec<(u64, Bytes)>,
+    deferred: Pieces,
 }
 
 impl DirectTail {
@@ -245,11 +256,7 @@ impl DirectTail {
         self.head.write_at(0, header);
         let mut pieces = self.deferred;
         pieces.push((self.base, self.head.freeze()));
-        Target {
-            file: self.target.file,
-            pieces: Vec::new(),
-            direct: Some((self.target.dio, pieces)),
-        }
+        self.target.target(pieces)
     }
 }
 
@@ -274,7 +281,7 @@ impl<'a> DirectSink<'a> {
 
     /// Hold `pieces` back for the commit, writing out what is held back
     /// once it passes [`DEFER_MAX`].
-    async fn out(&mut self, pieces: Vec<(u64, Bytes)>) -> Result<(), EngineError> {
+    async fn out(&mut self, pieces: Pieces) -> Result<(), EngineError> {
         self.deferred_len += pieces.iter().map(|p| p.1.len()).sum::<usize>();
         self.deferred.extend(pieces);
         if self.deferred_len > DEFER_MAX {
@@ -338,17 +345,8 @@ impl<'a> DirectSink<'a> {
 }
 
 /// Write `pieces` through `target`'s O_DIRECT descriptor, unsynced.
-async fn write(
-    disk: &DiskThread,
-    target: &DirectFile,
-    pieces: Vec<(u64, Bytes)>,
-) -> Result<(), EngineError> {
-    let t = Target {
-        file: target.file.clone(),
-        pieces: Vec::new(),
-        direct: Some((target.dio.clone(), pieces)),
-    };
-    disk.write_target(t, false)
+async fn write(disk: &DiskThread, target: &DirectFile, pieces: Pieces) -> Result<(), EngineError> {
+    disk.write_target(target.target(pieces), false)
         .await
         .ctx(|| "writing data".to_string())
 }
@@ -364,11 +362,7 @@ impl Out for DirectSink<'_> {
         self.hasher.update(&data);
         // Bytes to copy before the record position reaches a block
         // boundary past the head block.
-        let lead = if self.pos < BLOCK {
-            BLOCK - self.pos
-        } else {
-            (BLOCK - self.pos % BLOCK) % BLOCK
-        } as usize;
+        let lead = (align_up(self.pos.max(BLOCK)) - self.pos) as usize;
         let lines_up = (data.as_ptr() as usize + lead).is_multiple_of(DIO_ALIGN);
         if data.len() < ZERO_COPY_MIN || data.len() < lead + DIO_ALIGN || !lines_up {
             return self.copy(&data).await;

@@ -151,8 +151,12 @@ impl Content {
         read_at(&self.file, self.base + at, n).await
     }
 
-    /// Serve these bytes from `parts` (which must be them) instead of disk.
-    fn with_mem(mut self, parts: Vec<Bytes>) -> Self {
+    /// Serve these bytes from `parts`, if given (and they are them),
+    /// instead of from disk.
+    fn with_mem(mut self, parts: Option<Vec<Bytes>>) -> Self {
+        let Some(parts) = parts else {
+            return self;
+        };
         let n: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if n == self.len {
             self.mem = Some(parts.into_iter().filter(|p| !p.is_empty()).collect());
@@ -450,13 +454,10 @@ impl Engine {
             return Ok(());
         };
         let content = match change.content {
-            Some((off, len)) => {
-                let c = self.content_of(id, entry, off, len)?;
-                Some(match change.body.take() {
-                    Some(parts) => c.with_mem(parts),
-                    None => c,
-                })
-            }
+            Some((off, len)) => Some(
+                self.content_of(id, entry, off, len)?
+                    .with_mem(change.body.take()),
+            ),
             None => None,
         };
         let rec = ReplRecord {

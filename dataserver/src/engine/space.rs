@@ -60,22 +60,32 @@ impl FreeList {
     /// `len` must not exceed the chunk size.
     pub fn alloc(&mut self, len: u64) -> (Alloc, bool) {
         if let Some(&(flen, chunk, offset)) = self.by_size.range((len, 0, 0)..).next() {
-            self.remove(chunk, offset, flen);
-            let rest = flen - len;
-            if rest >= MIN_SPLIT {
-                self.insert(chunk, offset + len, rest);
-                return (Alloc { chunk, offset, len }, false);
-            }
-            return (
-                Alloc {
-                    chunk,
-                    offset,
-                    len: flen,
-                },
-                false,
-            );
+            return (self.take_free((flen, chunk, offset), offset, len), false);
         }
         self.alloc_at_end(len)
+    }
+
+    /// `len` bytes at `start` out of the free extent `(flen, chunk,
+    /// offset)` that holds them: the part in front goes back to the list,
+    /// and the rest after them too unless it is under [`MIN_SPLIT`] (then
+    /// the allocation keeps it).
+    fn take_free(&mut self, (flen, chunk, offset): (u64, u32, u64), start: u64, len: u64) -> Alloc {
+        self.remove(chunk, offset, flen);
+        if start > offset {
+            self.insert(chunk, offset, start - offset);
+        }
+        let rest = offset + flen - (start + len);
+        let len = if rest >= MIN_SPLIT {
+            self.insert(chunk, start + len, rest);
+            len
+        } else {
+            len + rest
+        };
+        Alloc {
+            chunk,
+            offset: start,
+            len,
+        }
     }
 
     /// Space at the end of the active chunk, or at the start of a new one.
@@ -119,32 +129,8 @@ impl FreeList {
             .take(ALIGNED_PROBES)
             .find(|&&(flen, _, off)| up(off) - off + len <= flen)
             .copied();
-        if let Some((flen, chunk, offset)) = fit {
-            self.remove(chunk, offset, flen);
-            let start = up(offset);
-            if start > offset {
-                self.insert(chunk, offset, start - offset);
-            }
-            let rest = offset + flen - (start + len);
-            if rest >= MIN_SPLIT {
-                self.insert(chunk, start + len, rest);
-                return (
-                    Alloc {
-                        chunk,
-                        offset: start,
-                        len,
-                    },
-                    false,
-                );
-            }
-            return (
-                Alloc {
-                    chunk,
-                    offset: start,
-                    len: len + rest,
-                },
-                false,
-            );
+        if let Some(free @ (_, _, offset)) = fit {
+            return (self.take_free(free, up(offset), len), false);
         }
         let start = up(self.active_end);
         if start + len <= self.chunk_size && start > self.active_end {
