@@ -34,6 +34,13 @@ impl PeerConn {
         self.conn.addr()
     }
 
+    /// Whether an idle connection can take another exchange: the peer has
+    /// not closed it (it restarted, or idled it out) and sent nothing
+    /// unasked. Checked before reusing a pooled connection.
+    pub fn is_reusable(&self) -> bool {
+        self.conn.is_reusable()
+    }
+
     /// Send `op` (with `epoch` and the client's `(client_id, seq)`) and its
     /// body; return the answer. A download's bytes (answer
     /// [`Reply::Download`] or [`Reply::ReplFile`]) are appended to `data`.

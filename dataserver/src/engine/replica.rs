@@ -389,28 +389,52 @@ impl Engine {
         Ok((refs, safe))
     }
 
-    /// Catch-up fetch: a file's current version, state and whole content
-    /// (read under its lane, so no change is half-seen). `None`: no file.
+    /// Catch-up fetch: a file's current version, state and whole content,
+    /// as published (never a change half-seen). `None`: no file.
+    ///
+    /// Read without the file's lane first: a write holding it may be
+    /// waiting for the very slave that asks (one being activated, which
+    /// needs this answer to fill the gap before that write), and lanes are
+    /// shared by many files. A published small-file record never changes
+    /// under its reader (its extent stays reserved while read); a large
+    /// file patched in place meanwhile fails the crc check, and then the
+    /// lane is taken.
     pub async fn fetch_file(
         &self,
         id: &FileId,
     ) -> Result<Option<(u64, ReplState, Vec<Bytes>)>, EngineError> {
         self.check_id(id)?;
+        let Some(entry) = self.index.read().get(id).cloned() else {
+            return Ok(None);
+        };
+        if let Ok(Some(parts)) = self.whole_content(id, &entry).await {
+            return Ok(Some((entry.version, repl_state(&entry), parts)));
+        }
         let _lane = self.lanes.lock(id).await;
         let Some(entry) = self.index.read().get(id).cloned() else {
             return Ok(None);
         };
-        let parts = self.content_of(id, &entry, 0, entry.size)?.chunks().await?;
+        match self.whole_content(id, &entry).await? {
+            Some(parts) => Ok(Some((entry.version, repl_state(&entry), parts))),
+            None => Err(EngineError::Corrupt(format!(
+                "{id}: content does not match its crc32"
+            ))),
+        }
+    }
+
+    /// A file's whole content per `entry`; `None` if it does not match the
+    /// entry's crc32.
+    async fn whole_content(
+        &self,
+        id: &FileId,
+        entry: &Entry,
+    ) -> Result<Option<Vec<Bytes>>, EngineError> {
+        let parts = self.content_of(id, entry, 0, entry.size)?.chunks().await?;
         let mut h = crc32fast::Hasher::new();
         for p in &parts {
             h.update(p);
         }
-        if h.finalize() != entry.crc32 {
-            return Err(EngineError::Corrupt(format!(
-                "{id}: content does not match its crc32"
-            )));
-        }
-        Ok(Some((entry.version, repl_state(&entry), parts)))
+        Ok((h.finalize() == entry.crc32).then_some(parts))
     }
 
     /// The last step of every mutation: replicate a local change (if a

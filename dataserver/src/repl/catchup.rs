@@ -19,9 +19,9 @@ use std::time::Duration;
 
 use client::peer::{PeerBody, PeerConn};
 use proto::cluster::{ClusterMap, ServerId, ServerStatus};
-use proto::{Reply, Request};
+use proto::{ErrorCode, Reply, Request};
 use tokio::sync::Notify;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::pull::Puller;
 use super::push::copy::Copier;
@@ -29,6 +29,10 @@ use super::push::AsyncRepl;
 use super::{wipe, Replicator};
 use crate::cluster::{Role, SharedView};
 use crate::engine::Engine;
+
+/// How many times an ONLINE server asks to be activated while the master
+/// does not see it ONLINE yet (50 ms apart).
+const ACTIVATION_TRIES: u32 = 20;
 
 /// What catch-up needs.
 pub struct CatchUp {
@@ -59,11 +63,70 @@ impl CatchUp {
         }
     }
 
-    async fn pull(&self, master: &str, epoch: u64) -> Result<u64, String> {
+    /// Copy from the master until what is left would take at most `slack`
+    /// (zero: until nothing settled there is left).
+    async fn pull(&self, master: &str, epoch: u64, slack: Duration) -> Result<u64, String> {
         let _one = self.repl.pull_lock().lock().await;
         Puller::new(&self.engine, &self.repl, master, epoch)
-            .run()
+            .run_until(slack)
             .await
+    }
+
+    /// How close a copy must come before this server asks into the write
+    /// set: the rest is copied while the master's writes wait for this
+    /// server, which must take them within the replication deadline.
+    fn slack(&self) -> Duration {
+        self.repl.timing().deadline / 4
+    }
+
+    /// Ask the master to make this ONLINE server ACTIVE, copying what is
+    /// left meanwhile: from the request on every write waits for this
+    /// server, and the live ones past the copy wait their turn here.
+    async fn join_write_set(&self, master: &str, epoch: u64) -> Result<(), String> {
+        let (pulled, asked) = tokio::join!(
+            self.pull(master, epoch, Duration::ZERO),
+            self.ask_activation(master, epoch)
+        );
+        if let Err(e) = pulled {
+            debug!(error = %e, "copying the rest while activating failed");
+        }
+        asked
+    }
+
+    /// `ReplReady`, retried briefly while the master cannot take it yet
+    /// (its map does not show this server ONLINE: it has just reported it).
+    async fn ask_activation(&self, master: &str, epoch: u64) -> Result<(), String> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut conn = connect(master).await?;
+            let r = conn
+                .call(
+                    Request::ReplReady {
+                        server_id: self.id,
+                        data_version: self.engine.data_version(),
+                    },
+                    epoch,
+                    (0, 0),
+                    PeerBody::None,
+                    None,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            match r {
+                Ok(Reply::Activated { map_version }) => {
+                    info!(map_version, "activated: ACTIVE");
+                    return Ok(());
+                }
+                Ok(other) => return Err(format!("unexpected answer to ReplReady: {other:?}")),
+                // Not ONLINE in the master's map yet, or the master is
+                // starting: soon, most likely.
+                Err(e) if tries < ACTIVATION_TRIES && e.code == ErrorCode::Unavailable => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(format!("activation refused: {e}")),
+            }
+        }
     }
 
     async fn step(&self) -> Result<(), String> {
@@ -102,38 +165,19 @@ impl CatchUp {
                         }
                     }
                 }
-                let reached = self.pull(&master.addr, epoch).await?;
+                let reached = self.pull(&master.addr, epoch, self.slack()).await?;
                 client
                     .report_progress(self.id, ServerStatus::Online, reached)
                     .await
                     .map_err(|e| e.to_string())?;
                 info!(%status, data_version = reached, "caught up: ONLINE");
-                Ok(())
+                // Straight on: every moment ONLINE the master writes on
+                // without waiting for this server.
+                self.join_write_set(&master.addr, epoch).await
             }
             ServerStatus::Online => {
-                let reached = self.pull(&master.addr, epoch).await?;
-                let mut conn = connect(&master.addr).await?;
-                let r = conn
-                    .call(
-                        Request::ReplReady {
-                            server_id: self.id,
-                            data_version: reached,
-                        },
-                        epoch,
-                        (0, 0),
-                        PeerBody::None,
-                        None,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match r {
-                    Ok(Reply::Activated { map_version }) => {
-                        info!(map_version, "activated: ACTIVE");
-                        Ok(())
-                    }
-                    Ok(other) => Err(format!("unexpected answer to ReplReady: {other:?}")),
-                    Err(e) => Err(format!("activation refused: {e}")),
-                }
+                self.pull(&master.addr, epoch, self.slack()).await?;
+                self.join_write_set(&master.addr, epoch).await
             }
             _ => Ok(()),
         }

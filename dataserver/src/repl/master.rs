@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 use super::dedup::Dedup;
 use super::epoch::EpochFile;
 use super::payload::{ContentReader, Payload};
+use super::peers::take_reusable;
 use super::slave;
 use super::targets::{targets, Target};
 use super::ReplTiming;
@@ -215,7 +216,7 @@ impl Replicator {
     }
 
     fn take_conn(&self, addr: &str) -> Option<PeerConn> {
-        self.pool.lock().get_mut(addr).and_then(Vec::pop)
+        self.pool.lock().get_mut(addr).and_then(take_reusable)
     }
 
     fn put_conn(&self, conn: PeerConn) {

@@ -47,7 +47,7 @@ impl PeerPool {
         body: PeerBody<'_>,
         data: Option<&mut Vec<u8>>,
     ) -> Result<Result<Reply, WireError>, ClientError> {
-        let idle = self.idle.lock().pop();
+        let idle = take_reusable(&mut self.idle.lock());
         let mut c = match idle {
             Some(c) => c,
             None => PeerConn::connect(&self.addr, self.connect_timeout, self.call_timeout).await?,
@@ -64,4 +64,15 @@ impl PeerPool {
     pub fn clear(&self) {
         self.idle.lock().clear();
     }
+}
+
+/// The most recently used idle connection the peer has not closed; closed
+/// ones are dropped on the way.
+pub fn take_reusable(idle: &mut Vec<PeerConn>) -> Option<PeerConn> {
+    while let Some(c) = idle.pop() {
+        if c.is_reusable() {
+            return Some(c);
+        }
+    }
+    None
 }

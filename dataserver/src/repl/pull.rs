@@ -11,7 +11,7 @@
 //! for durability with the others).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use client::peer::PeerBody;
@@ -25,8 +25,10 @@ use crate::engine::{Body, Engine, EngineError};
 
 /// How many binlog records one `ReplLog` asks for.
 const LOG_BATCH: u32 = 1024;
+/// The smallest batch asked for when batches are sized to the pace.
+const MIN_BATCH: u32 = 64;
 /// Fetches (and applies) in flight.
-const PARALLEL: usize = 16;
+const PARALLEL: usize = 64;
 /// How long a copied version may wait for the ones before it.
 const TURN_WAIT: Duration = Duration::from_secs(30);
 
@@ -77,20 +79,27 @@ impl<'a> Puller<'a> {
     /// server's data version then. Writes still in flight on the master
     /// come live (ONLINE) or by a later pull.
     pub async fn run(&self) -> Result<u64, String> {
+        self.run_until(Duration::ZERO).await
+    }
+
+    /// Like [`Self::run`], but stop as soon as what is left (behind the
+    /// master's version at the last listing) would take at most `slack` at
+    /// the pace of the last batch. A master writing as fast as this server
+    /// copies is never caught by copying alone; the rest comes as live
+    /// writes once this server is in the write set, within a deadline that
+    /// `slack` stays under.
+    pub async fn run_until(&self, slack: Duration) -> Result<u64, String> {
         let mut copied = 0u64;
+        let mut max = LOG_BATCH;
         loop {
             let from = self.engine.next_version();
-            let listed = self
-                .call(
-                    Request::ReplLog {
-                        from,
-                        max: LOG_BATCH,
-                    },
-                    None,
-                )
-                .await?;
-            let records = match listed {
-                Ok(Reply::ReplLog { records, .. }) => records,
+            let batch_started = Instant::now();
+            let listed = self.call(Request::ReplLog { from, max }, None).await?;
+            let (records, master_last) = match listed {
+                Ok(Reply::ReplLog {
+                    records,
+                    last_version,
+                }) => (records, last_version),
                 Ok(other) => return Err(format!("unexpected answer to ReplLog: {other:?}")),
                 Err(e) => return Err(format!("ReplLog refused: {e}")),
             };
@@ -117,19 +126,29 @@ impl<'a> Puller<'a> {
                 .zip(superseded)
                 .map(|(r, sup)| self.one(r, sup))
                 .collect();
-            let short = records.len() < LOG_BATCH as usize;
+            let short = records.len() < max as usize;
             let mut done = stream::iter(work).buffered(PARALLEL);
             while let Some(applied) = done.next().await {
                 copied += u64::from(applied?);
             }
             drop(done);
-            if short {
+            let reached = self.engine.next_version() - 1;
+            let left = master_last.saturating_sub(reached);
+            let took = batch_started.elapsed();
+            let close = close_enough(left, records.len() as u64, took, slack);
+            if !slack.is_zero() {
+                // While a batch is copied the master writes on: batches of
+                // half the slack's worth keep what is left within reach.
+                max = batch_for(records.len() as u64, took, slack / 2);
+            }
+            if short || close {
                 info!(
                     copied,
-                    data_version = self.engine.next_version() - 1,
+                    data_version = reached,
+                    left,
                     "copied from the master"
                 );
-                return Ok(self.engine.next_version() - 1);
+                return Ok(reached);
             }
         }
     }
@@ -222,6 +241,25 @@ impl<'a> Puller<'a> {
     }
 }
 
+/// Would `left` versions take at most `slack`, at the pace of the last
+/// batch (`batch` versions in `took`)?
+fn close_enough(left: u64, batch: u64, took: Duration, slack: Duration) -> bool {
+    if slack.is_zero() {
+        return left == 0;
+    }
+    // left / (batch / took) <= slack, without dividing by zero.
+    left as u128 * took.as_micros() <= batch as u128 * slack.as_micros()
+}
+
+/// How many versions take `aim` at the pace of the last batch, within
+/// [`MIN_BATCH`, `LOG_BATCH`].
+fn batch_for(batch: u64, took: Duration, aim: Duration) -> u32 {
+    let n = (batch as u128 * aim.as_micros())
+        .checked_div(took.as_micros())
+        .unwrap_or(u128::from(LOG_BATCH));
+    n.clamp(u128::from(MIN_BATCH), u128::from(LOG_BATCH)) as u32
+}
+
 fn noop(version: u64) -> ReplRecord {
     ReplRecord {
         version,
@@ -233,5 +271,36 @@ fn noop(version: u64) -> ReplRecord {
         body_len: 0,
         client_id: 0,
         seq: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{batch_for, close_enough, LOG_BATCH, MIN_BATCH};
+    use std::time::Duration;
+
+    #[test]
+    fn close_enough_weighs_what_is_left_against_the_pace() {
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // 1024 versions in 1 s: 500 left take ~0.5 s.
+        assert!(close_enough(500, 1024, s(1), s(1)));
+        assert!(!close_enough(500, 1024, s(1), ms(400)));
+        assert!(!close_enough(5000, 1024, s(1), s(1)));
+        // Without slack only nothing left is close enough.
+        assert!(close_enough(0, 1024, s(1), Duration::ZERO));
+        assert!(!close_enough(1, 1024, ms(1), Duration::ZERO));
+        // A batch that took no time at all.
+        assert!(close_enough(10, 1024, Duration::ZERO, s(1)));
+    }
+
+    #[test]
+    fn batches_follow_the_pace() {
+        let ms = Duration::from_millis;
+        // 1000 versions a second: 250 ms' worth.
+        assert_eq!(batch_for(1000, ms(1000), ms(250)), 250);
+        assert_eq!(batch_for(10, ms(1000), ms(250)), MIN_BATCH);
+        assert_eq!(batch_for(100_000, ms(1), ms(250)), LOG_BATCH);
+        assert_eq!(batch_for(5, Duration::ZERO, ms(250)), LOG_BATCH);
     }
 }

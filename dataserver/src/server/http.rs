@@ -8,7 +8,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::debug;
 
-use super::metrics::Metrics;
+use super::metrics::{Extra, Metrics};
 use crate::engine::Engine;
 
 pub async fn serve_metrics(
@@ -51,25 +51,42 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, engine: &Engine) {
     }
     let head = String::from_utf8_lossy(&buf[..got]);
     let (status, body) = if head.starts_with("GET /metrics ") {
-        let mut extra: Vec<(String, f64)> = vec![(
-            "chorus_data_version".to_string(),
-            engine.data_version() as f64,
-        )];
         let usage = engine.usage();
         let free: u64 = usage.iter().map(|u| u.free_bytes).sum();
         let total: u64 = usage.iter().map(|u| u.total_bytes).sum();
-        extra.push(("chorus_disk_free_bytes".to_string(), free as f64));
-        extra.push(("chorus_disk_total_bytes".to_string(), total as f64));
-        let helps = [
-            "Data version of the last durable change.",
-            "Free bytes over all store paths.",
-            "Total bytes over all store paths.",
+        let disk = engine.counters();
+        let extra = [
+            Extra::gauge(
+                "chorus_data_version",
+                "Data version of the last durable change.",
+                engine.data_version() as f64,
+            ),
+            Extra::gauge(
+                "chorus_disk_free_bytes",
+                "Free bytes over all store paths.",
+                free as f64,
+            ),
+            Extra::gauge(
+                "chorus_disk_total_bytes",
+                "Total bytes over all store paths.",
+                total as f64,
+            ),
+            Extra::counter(
+                "chorus_disk_batches_total",
+                "Batches of writes the disk threads committed together (group commits).",
+                disk.batches,
+            ),
+            Extra::counter(
+                "chorus_disk_fsyncs_total",
+                "fdatasync calls issued by the disk threads.",
+                disk.fsyncs,
+            ),
+            Extra::counter(
+                "chorus_disk_writes_total",
+                "Write pieces submitted by the disk threads.",
+                disk.writes,
+            ),
         ];
-        let extra: Vec<(&str, &str, f64)> = extra
-            .iter()
-            .zip(helps)
-            .map(|((n, v), h)| (n.as_str(), h, *v))
-            .collect();
         ("200 OK", metrics.render(&extra))
     } else {
         ("404 Not Found", "try GET /metrics\n".to_string())

@@ -105,8 +105,8 @@ impl Metrics {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus text exposition; `extra` adds gauges the caller owns.
-    pub fn render(&self, extra: &[(&str, &str, f64)]) -> String {
+    /// The Prometheus text exposition; `extra` adds series the caller owns.
+    pub fn render(&self, extra: &[Extra<'_>]) -> String {
         let mut out = String::new();
         out.push_str("# HELP chorus_requests_total Requests handled, by operation and result.\n");
         out.push_str("# TYPE chorus_requests_total counter\n");
@@ -201,10 +201,44 @@ impl Metrics {
                 l.max_secs
             );
         }
-        for (name, help, v) in extra {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        for e in extra {
+            let (name, help, v) = (e.name, e.help, e.value);
+            let kind = if e.counter { "counter" } else { "gauge" };
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
         }
         out
+    }
+}
+
+/// A series the caller of [`Metrics::render`] owns.
+pub struct Extra<'a> {
+    pub name: &'a str,
+    pub help: &'a str,
+    pub value: f64,
+    /// A counter (only ever grows) rather than a gauge.
+    pub counter: bool,
+}
+
+impl<'a> Extra<'a> {
+    pub fn gauge(name: &'a str, help: &'a str, value: f64) -> Self {
+        Extra {
+            name,
+            help,
+            value,
+            counter: false,
+        }
+    }
+
+    pub fn counter(name: &'a str, help: &'a str, value: u64) -> Self {
+        Extra {
+            name,
+            help,
+            value: value as f64,
+            counter: true,
+        }
     }
 }
 
@@ -218,13 +252,19 @@ mod tests {
         m.finish("upload", true, Duration::from_micros(300));
         m.finish("upload", false, Duration::from_millis(3));
         m.bytes_in(10);
-        let text = m.render(&[("chorus_data_version", "Last data version.", 7.0)]);
+        let text = m.render(&[
+            Extra::gauge("chorus_data_version", "Last data version.", 7.0),
+            Extra::counter("chorus_disk_fsyncs_total", "fdatasyncs.", 3),
+        ]);
         assert!(text.contains("chorus_requests_total{op=\"upload\",result=\"ok\"} 1"));
         assert!(text.contains("chorus_requests_total{op=\"upload\",result=\"error\"} 1"));
         assert!(text.contains("chorus_request_seconds_bucket{op=\"upload\",le=\"0.0005\"} 1"));
         assert!(text.contains("chorus_request_seconds_count{op=\"upload\"} 2"));
         assert!(text.contains("chorus_bytes_received_total 10"));
-        assert!(text.contains("chorus_data_version 7"));
+        assert!(text.contains("# TYPE chorus_data_version gauge\nchorus_data_version 7"));
+        assert!(
+            text.contains("# TYPE chorus_disk_fsyncs_total counter\nchorus_disk_fsyncs_total 3")
+        );
     }
 
     #[test]
