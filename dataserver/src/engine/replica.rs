@@ -527,7 +527,15 @@ impl Engine {
         }
         let id = super::pushed::parse_id(&rec.file_id)?;
         self.check_id(&id)?;
-        let have = self.index.read().get(&id).map_or(0, |e| e.version);
+        let have = {
+            // The version before this one may have changed the same file
+            // and still be on its way to the index (a copied version and a
+            // live one meet while a slave is activated): it holds the
+            // file's lane until it is published. Safe to wait for here:
+            // every holder already has its version.
+            let _lane = self.lanes.lock(&id).await;
+            self.index.read().get(&id).map_or(0, |e| e.version)
+        };
         if rec.op != ReplOp::Install && have != 0 && have >= rec.file_version {
             return self.log_noop(rec.version).await;
         }

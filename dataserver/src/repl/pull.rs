@@ -184,6 +184,7 @@ impl<'a> Puller<'a> {
             .epoch_file()
             .observe(self.epoch)
             .map_err(|e| format!("recording epoch {}: {e}", self.epoch))?;
+        tracing::trace!(version = r.version, file_id = %rec.file_id, op = ?rec.op, file_version = rec.file_version, superseded, "copying a version");
         match self
             .engine
             .apply_replicated(&rec, &mut BytesBody(Some(data)))

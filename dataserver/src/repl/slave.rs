@@ -113,7 +113,10 @@ pub async fn apply(
                 }
             }
         }
-        if !engine.wait_turn(rec.version, timing.gap_wait).await {
+        // Past it already: the copy took this very version meanwhile.
+        if !engine.wait_turn(rec.version, timing.gap_wait).await
+            && engine.next_version() <= rec.version
+        {
             return Err(WireError::new(
                 ErrorCode::Unavailable,
                 format!(
@@ -132,6 +135,7 @@ pub async fn apply(
         repl.epoch_file()
             .observe(epoch)
             .map_err(|e| WireError::new(ErrorCode::Io, format!("recording epoch {epoch}: {e}")))?;
+        tracing::trace!(version = rec.version, file_id = %rec.file_id, op = ?rec.op, prev = rec.prev_version, "applying a live change");
         match engine.apply_replicated(rec, body).await {
             Ok(_) => Ok(Reply::Replicated {
                 data_version: engine.data_version(),

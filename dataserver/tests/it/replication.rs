@@ -445,7 +445,8 @@ async fn a_slave_catches_up_while_its_master_writes_alone() {
     assert!(during > 100, "the writers did not keep writing: {during}");
     assert!(
         !seen.iter().skip(1).any(|s| *s == ServerStatus::Offline),
-        "the slave was dropped on its way back: {seen:?}"
+        "the slave was dropped on its way back: {seen:?}\n{}",
+        c.logs()
     );
     w.finish(c).await;
 }
