@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::dedup::Dedup;
 use super::epoch::EpochFile;
+use super::pace::Pace;
 use super::payload::{ContentReader, Payload};
 use super::peers::take_reusable;
 use super::slave;
@@ -53,6 +54,8 @@ pub struct Replicator {
     /// no change of the old epoch is still being applied here.
     applying: tokio::sync::RwLock<()>,
     dedup: Arc<Dedup>,
+    /// Holds writes to the pace of a member that cannot catch up.
+    pace: Pace,
 }
 
 fn unavailable(msg: impl Into<String>) -> EngineError {
@@ -84,6 +87,7 @@ impl Replicator {
             pull: tokio::sync::Mutex::new(()),
             applying: tokio::sync::RwLock::new(()),
             dedup,
+            pace: Pace::default(),
         })
     }
 
@@ -97,6 +101,15 @@ impl Replicator {
 
     pub fn dedup(&self) -> &Dedup {
         &self.dedup
+    }
+
+    pub fn pace(&self) -> &Pace {
+        &self.pace
+    }
+
+    /// This server's id.
+    pub fn id(&self) -> ServerId {
+        self.id
     }
 
     /// Permission to apply a change of `epoch` as a slave: held while it is

@@ -9,6 +9,8 @@
 //! * [`slave`]: applying a replicated change in data-version order.
 //! * [`catchup`]: a WAIT_SYNC / SYNCING / RECOVERING / ONLINE server copies
 //!   what it misses from the master and climbs to ACTIVE.
+//! * [`pace`]: a master holds writes to the pace of a returning member
+//!   whose copy would otherwise never catch up.
 //! * [`targets`]: who a change goes to, from the cluster map (pure).
 //! * [`push`]: async (FastDFS-style) groups: the gate, pushers with their
 //!   marks, the receiving side, and a new member's full copy.
@@ -19,6 +21,7 @@ pub mod epoch;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod master;
+pub mod pace;
 pub mod payload;
 pub mod peers;
 pub mod pull;

@@ -47,12 +47,24 @@ impl PeerPool {
         body: PeerBody<'_>,
         data: Option<&mut Vec<u8>>,
     ) -> Result<Result<Reply, WireError>, ClientError> {
+        self.call_as(op, epoch, (0, 0), body, data).await
+    }
+
+    /// [`Self::call`] with the envelope's `(client_id, seq)` set.
+    pub async fn call_as(
+        &self,
+        op: Request,
+        epoch: u64,
+        client: (u64, u64),
+        body: PeerBody<'_>,
+        data: Option<&mut Vec<u8>>,
+    ) -> Result<Result<Reply, WireError>, ClientError> {
         let idle = take_reusable(&mut self.idle.lock());
         let mut c = match idle {
             Some(c) => c,
             None => PeerConn::connect(&self.addr, self.connect_timeout, self.call_timeout).await?,
         };
-        let r = c.call(op, epoch, (0, 0), body, data).await?;
+        let r = c.call(op, epoch, client, body, data).await?;
         let mut idle = self.idle.lock();
         if idle.len() < self.keep {
             idle.push(c);

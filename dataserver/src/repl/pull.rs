@@ -68,8 +68,11 @@ impl<'a> Puller<'a> {
         op: Request,
         data: Option<&mut Vec<u8>>,
     ) -> Result<Result<Reply, proto::WireError>, String> {
+        // This server's id as the client id: the master judges each
+        // returning member's pace apart (`repl::pace`).
+        let me = (self.repl.id(), 0);
         self.master
-            .call(op, self.epoch, PeerBody::None, data)
+            .call_as(op, self.epoch, me, PeerBody::None, data)
             .await
             .map_err(|e| format!("talking to the master at {}: {e}", self.master.addr()))
     }

@@ -302,6 +302,13 @@ where
     if let Err(e) = &admitted {
         debug!(code = %e.code, error = %e.message, "request refused by the cluster gate");
     }
+    // A master whose returning member cannot catch up holds writes to its
+    // pace (`repl::pace`; nothing is held otherwise).
+    if let (Some(repl), Ok(())) = (&ctx.repl, &admitted) {
+        if is_write(&env.op) {
+            repl.pace().admit().await;
+        }
+    }
 
     // Requests with a body: run them, then make sure the body was consumed.
     if let Some(size) = env.op.body_len() {
@@ -535,6 +542,10 @@ async fn run_simple(ctx: &ConnContext, op: Request, client: (u64, u64)) -> Res {
             let (records, last_version) = e
                 .log_refs(from.max(1), (max as usize).clamp(1, 4096))
                 .map_err(engine_err)?;
+            if let Some(repl) = &ctx.repl {
+                // The asking server's id rides as the client id.
+                repl.pace().listed(client.0, from, last_version);
+            }
             Ok(Reply::ReplLog {
                 records,
                 last_version,

@@ -420,16 +420,18 @@ async fn a_killed_slave_recovers_to_active_while_writes_go_on() {
 }
 
 /// The only slave of a group of 2 is killed: the master alone now writes
-/// without waiting for anyone, and the returning slave must still catch up
-/// and become ACTIVE while the writers go on, without being dropped on the
-/// way (stale pooled connections to its old process, a fetch stuck behind a
-/// write that waits for it, a copy that chases the master's last version).
+/// without waiting for anyone, faster than a returning server can copy. The
+/// slave must still catch up and become ACTIVE while 16 writers go on (the
+/// master holds writes to its pace when its copy does not close in), without
+/// being dropped on the way (stale pooled connections to its old process, a
+/// fetch stuck behind a write that waits for it, a copied and a live
+/// version of one file meeting).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slave_catches_up_while_its_master_writes_alone() {
     let (mut c, lc, map) = active_cluster(2).await;
     let m = master(&map).expect("a master");
     let slave = if m == 1 { 2 } else { 1 };
-    let w = Writers::start(&c, 4).await;
+    let w = Writers::start(&c, 16).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     kill_until_offline(&mut c, &lc, slave).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -443,6 +445,10 @@ async fn a_slave_catches_up_while_its_master_writes_alone() {
         started.elapsed()
     );
     assert!(during > 100, "the writers did not keep writing: {during}");
+    let held = c.dataservers[(m - 1) as usize]
+        .log_text()
+        .contains("holding writes to its pace");
+    println!("the master held writes to the copy's pace: {held}");
     assert!(
         !seen.iter().skip(1).any(|s| *s == ServerStatus::Offline),
         "the slave was dropped on its way back: {seen:?}\n{}",
