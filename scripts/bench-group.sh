@@ -4,7 +4,8 @@
 # behind 3 leaders; 4 KiB and 1 MiB uploads and 4 KiB downloads through
 # `chorus bench`. Then, with default leader timeouts, the failover time
 # (master SIGKILLed under an upload loop -> first upload served again) and
-# the catch-up rate of a slave that was down while data was written.
+# the catch-up rate of a slave that was down while data was written, and
+# how long a member takes to catch up while the master writes at full speed.
 # Last, one async (FastDFS-style) group of 3 behind its own 3 leaders: 4 KiB
 # and 1 MiB uploads spread over the members, with --replica-lag (how long
 # until the other members have a sampled upload), and a summary table of
@@ -130,6 +131,38 @@ mib = r["bytes"] / 2**20
 secs = float(sys.argv[3]) - float(sys.argv[2])
 print(f"catch-up: {mib:.0f} MiB written while a slave was down; back to ACTIVE {secs:.1f} s after restart ({mib/secs:.0f} MiB/s, including its start)")
 PY
+
+# 4b. Catch-up under load: the only other live member is killed, the master
+# takes 16 uploaders alone, and the member comes back while they go on (the
+# master holds writes to the copy's pace if the copy cannot close in).
+master=$(master_id)
+other=$("$bin/chorus" --leaders "$leaders" status --json | python3 -c "
+import json,sys; r=json.load(sys.stdin)
+print(([s['id'] for s in r['servers'] if s['status']=='active' and s['id']!=$master] or [0])[0])")
+if [ "$other" != 0 ]; then
+  kill -9 "${dpid[$other]}"
+  "$bin/chorus" --leaders "$leaders" bench --op upload --size 4KiB --concurrency 16 \
+    --duration 30 --json >"$dir/load.json" &
+  load=$!
+  sleep 6
+  start_ds "$other"
+  t0=$(date +%s.%N)
+  for _ in $(seq 2400); do
+    [ "$(status_of "$other" 2>/dev/null)" = active ] && break
+    sleep 0.1
+  done
+  t1=$(date +%s.%N)
+  wait "$load" || true
+  held=$(grep -c "holding writes to its pace" "$dir/d$master.log" || true)
+  python3 - "$dir/load.json" "$t0" "$t1" "$held" <<'PY' | tee -a "$out"
+import json, sys
+r = json.load(open(sys.argv[1]))
+secs = float(sys.argv[3]) - float(sys.argv[2])
+print(f"catch-up under load: back to ACTIVE {secs:.1f} s after restart while 16 uploaders went on "
+      f"({r['ops_per_sec']:.0f} 4 KiB uploads/s over the 30 s run); master held writes to the copy's pace: "
+      f"{'yes' if int(sys.argv[4]) > 0 else 'no'}")
+PY
+fi
 
 # 5. One async group of 3 (its own leaders; the sync cluster stopped first).
 for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done

@@ -9,8 +9,10 @@
 //! [`WINDOW`], the distance between the master's last version and the
 //! copy's position did not shrink, new writes are held to [`SHARE`] of the
 //! copy's pace (one slot per write, no burst) — the rest of the disk and the
-//! CPU go to the copy. Pacing ends when no member has listed anything for a
-//! [`WINDOW`] (it joined the write set, or gave up).
+//! CPU go to the copy. A copy that hardly moves ([`STALLED`]) is not paced
+//! for: a member failing over and over must not stall its group. Pacing
+//! ends when no member has listed anything for a [`WINDOW`] (it joined the
+//! write set, or gave up).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -24,6 +26,9 @@ pub const WINDOW: Duration = Duration::from_secs(3);
 pub const SHARE: f64 = 0.5;
 /// Writes are never held below this many per second.
 pub const MIN_RATE: f64 = 20.0;
+/// A copy slower than this many versions per second is taken as stalled,
+/// and never paced for.
+pub const STALLED: f64 = 2.0 * MIN_RATE;
 
 #[derive(Debug, Clone, Copy)]
 struct Listing {
@@ -157,6 +162,11 @@ fn lagging_rate(seen: &VecDeque<Listing>) -> Option<f64> {
         return None;
     }
     let copied = last.from.saturating_sub(first.from) as f64 / span.as_secs_f64();
+    // A copy that hardly moves (failing over and over, stuck on something)
+    // is not helped by holding writes, and must not stall the group.
+    if copied < STALLED {
+        return None;
+    }
     Some((copied * SHARE).max(MIN_RATE))
 }
 
@@ -197,6 +207,20 @@ mod tests {
         assert_eq!(p.slot_at(now), Some(now + secs(0.008)));
         // A write much later starts at once.
         assert_eq!(p.slot_at(now + secs(1.0)), None);
+    }
+
+    #[test]
+    fn a_stalled_copy_holds_nothing() {
+        let p = Pace::default();
+        let t = Instant::now();
+        // The same position over and over (its copy keeps failing), or
+        // 30 versions a second: the master writes on.
+        p.listed_at(t, 2, 100, 1000);
+        p.listed_at(t + secs(1.0), 2, 100, 2000);
+        p.listed_at(t + secs(2.0), 2, 100, 3000);
+        p.listed_at(t, 3, 100, 1000);
+        p.listed_at(t + secs(2.0), 3, 160, 3000);
+        assert_eq!(p.pacing(), None);
     }
 
     #[test]
