@@ -73,12 +73,27 @@ impl Cluster {
 
     /// Start one more dataserver of the group (the next id, fresh data).
     pub fn add_dataserver(&mut self) -> &mut Dataserver {
-        let ds = Dataserver::start(DataserverOpts {
+        let ds = Dataserver::start(self.next_opts());
+        self.push(ds)
+    }
+
+    /// Start one more dataserver of the group (the next id) on `data_dir`,
+    /// which the caller prepared (and removes).
+    pub fn add_dataserver_in(&mut self, data_dir: &std::path::Path) -> &mut Dataserver {
+        let ds = Dataserver::start_in(data_dir, self.next_opts());
+        self.push(ds)
+    }
+
+    fn next_opts(&self) -> DataserverOpts {
+        DataserverOpts {
             server_id: self.dataservers.len() as u32 + 1,
             leaders: self.leaders.addrs(),
             extra_args: self.dataserver_args.clone(),
             ..DataserverOpts::default()
-        });
+        }
+    }
+
+    fn push(&mut self, ds: Dataserver) -> &mut Dataserver {
         self.dataservers.push(ds);
         let last = self.dataservers.len() - 1;
         &mut self.dataservers[last]

@@ -234,6 +234,16 @@ async fn heartbeats(
             _ = tick.tick() => {}
             _ = wake.notified() => {}
         }
+        if engine.is_poisoned() {
+            // It refuses every change from now on: let the leaders find it
+            // silent, mark it OFFLINE and appoint another master, instead
+            // of keeping a master that cannot write.
+            error!(
+                "storage engine poisoned (a disk write failed): no more heartbeats; \
+                 the leaders will mark this server OFFLINE. Fix the disk and restart it"
+            );
+            return;
+        }
         let (disk_free, disk_total) = disk(&engine);
         let hb = Heartbeat {
             id: cfg.id,

@@ -71,6 +71,11 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, engine: &Engine) {
                 "Total bytes over all store paths.",
                 total as f64,
             ),
+            Extra::gauge(
+                "chorus_engine_poisoned",
+                "1 once a failed disk write made the engine refuse every change.",
+                if engine.is_poisoned() { 1.0 } else { 0.0 },
+            ),
             Extra::counter(
                 "chorus_disk_batches_total",
                 "Batches of writes the disk threads committed together (group commits).",

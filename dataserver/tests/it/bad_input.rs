@@ -519,7 +519,7 @@ async fn if_version_mismatch_changes_nothing() {
     }
 }
 
-fn mount_tmpfs(dir: &std::path::Path, size: &str) -> bool {
+pub(crate) fn mount_tmpfs(dir: &std::path::Path, size: &str) -> bool {
     std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(dir)
@@ -528,7 +528,8 @@ fn mount_tmpfs(dir: &std::path::Path, size: &str) -> bool {
         .unwrap_or(false)
 }
 
-struct Unmount(std::path::PathBuf);
+/// Lazily unmounts its path when dropped.
+pub(crate) struct Unmount(pub(crate) std::path::PathBuf);
 impl Drop for Unmount {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")

@@ -11,6 +11,7 @@ use proto::cluster::{ClusterMap, ServerId, ServerStatus};
 use proto::{ErrorCode, Message, Reply, Request, RequestEnvelope, WireError};
 use testkit::{Cluster, ClusterOpts, DataserverOpts};
 
+use crate::bad_input::{mount_tmpfs, Unmount};
 use crate::raw::RawConn;
 
 /// Leader flags that make failure detection and leases fast.
@@ -241,6 +242,98 @@ async fn killing_the_master_appoints_a_new_one() {
         e.message,
         format!("stale epoch {}, current {}", g.epoch, ng.epoch)
     );
+}
+
+/// A master whose disk fails under it (its binlog's file system fills up
+/// behind the engine's back) poisons its engine, stops heartbeating, and
+/// the leaders appoint its slave, which has every write the master
+/// acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_whose_disk_fails_is_replaced_by_its_slave() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("ds1");
+    let meta = data.join("meta");
+    std::fs::create_dir_all(&meta).expect("meta dir");
+    // The binlog's own small file system (root is required; CI runs as root).
+    assert!(
+        mount_tmpfs(&meta, "8m"),
+        "mounting a tmpfs needs root: run the tests as root"
+    );
+    let _unmount = Unmount(meta.clone());
+    let mut c = Cluster::start(fast(0));
+    let lc = c.leader_client();
+    c.add_dataserver_in(&data);
+    c.wait_map(&lc, Duration::from_secs(15), "server 1 master", |m| {
+        all_active(m, &[1]) && m.group("group1").and_then(|g| g.master) == Some(1)
+    })
+    .await;
+    c.add_dataserver();
+    let map = c
+        .wait_map(&lc, Duration::from_secs(20), "both ACTIVE", |m| {
+            all_active(m, &[1, 2])
+        })
+        .await;
+    let first = addr_of(&map, 1);
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let body = format!("before the disk failed {i}");
+        acked.push((upload_ok(first, body.as_bytes()).await, body));
+    }
+
+    // Fill the binlog's file system; the store path still has room, so the
+    // engine's space check lets writes through and the binlog append fails.
+    let mut filler = std::fs::File::create(meta.join("filler")).expect("filler");
+    let mb = vec![1u8; 1 << 20];
+    while std::io::Write::write_all(&mut filler, &mb).is_ok() {}
+    drop(filler);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 0;
+    let refused = loop {
+        i += 1;
+        let body = format!("while the disk fails {i}");
+        match try_upload(first, body.as_bytes()).await {
+            Ok(Reply::Stat(s)) => acked.push((s.file_id, body)),
+            Ok(other) => panic!("unexpected answer {other:?}"),
+            Err(e) => break e,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the full disk never failed a write"
+        );
+    };
+    println!("the master refused a write once its binlog's disk was full: {refused}");
+    c.dataservers[0].wait_log("storage engine poisoned", Duration::from_secs(5));
+
+    // Silent now: the slave takes over, with everything acknowledged.
+    let t = Instant::now();
+    c.wait_map(&lc, Duration::from_secs(15), "server 2 master", |m| {
+        m.group("group1").and_then(|g| g.master) == Some(2)
+            && status_of(m, 1) == Some(ServerStatus::Offline)
+    })
+    .await;
+    println!(
+        "server 2 appointed {:?} after the first refused write",
+        t.elapsed()
+    );
+    c.dataservers[0].wait_log("no more heartbeats", Duration::from_secs(1));
+    let sdk = client::Client::connect_with(
+        c.leaders.addrs(),
+        client::ClientConfig::default().cluster_wait(Duration::from_secs(10)),
+    )
+    .await
+    .expect("connect the SDK");
+    for (id, body) in &acked {
+        let got = sdk
+            .download(id)
+            .await
+            .unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(got, body.as_bytes(), "{id}");
+    }
+    let s = sdk
+        .upload(b"after the takeover", client::UploadOptions::default())
+        .await
+        .expect("the new master takes writes");
+    assert!(s.file_id.starts_with("group1/"));
 }
 
 /// A master that cannot reach the leaders stops serving within its lease,
