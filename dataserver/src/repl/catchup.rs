@@ -99,6 +99,10 @@ impl CatchUp {
         let mut tries = 0;
         loop {
             tries += 1;
+            if self.view.with(|v| v.my_status()) == ServerStatus::Active {
+                // Activated already (the map reached us after the answer).
+                return Ok(());
+            }
             let mut conn = connect(master).await?;
             let r = conn
                 .call(
