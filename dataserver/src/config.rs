@@ -59,6 +59,11 @@ pub struct Config {
     /// pushes its own files to the others afterwards). Fixed when the group
     /// is created: a server joining with another mode is refused.
     pub replication: proto::cluster::ReplicationMode,
+    /// Sync groups: how long the master waits for a slave to have a change
+    /// durable before reporting it (the leaders then drop it from the write
+    /// set), in ms. Raise it for slow disks or links; a missed deadline
+    /// costs the slave a catch-up. Default 2000.
+    pub replication_deadline_ms: u64,
     /// Storage engine settings.
     pub storage: StorageConfig,
     /// Network limits.
@@ -129,6 +134,7 @@ impl Default for Config {
             leaders: Vec::new(),
             heartbeat_ms: 1000,
             replication: proto::cluster::ReplicationMode::Sync,
+            replication_deadline_ms: 2000,
             storage: StorageConfig::default(),
             limits: LimitsConfig::default(),
         }
@@ -210,6 +216,11 @@ impl Config {
             if !(50..=60_000).contains(&self.heartbeat_ms) {
                 return Err(ConfigError::Invalid(
                     "heartbeat_ms must be between 50 and 60000".into(),
+                ));
+            }
+            if !(100..=600_000).contains(&self.replication_deadline_ms) {
+                return Err(ConfigError::Invalid(
+                    "replication_deadline_ms must be between 100 and 600000".into(),
                 ));
             }
             let advertised = self.advertise.unwrap_or(self.listen);
@@ -310,6 +321,27 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn replication_deadline_is_bounded() {
+        let c: Config = toml::from_str(
+            r#"
+            leaders = ["127.0.0.1:7100"]
+            replication_deadline_ms = 5000
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.replication_deadline_ms, 5000);
+        c.validate().unwrap();
+        for bad in [0, 99, 600_001] {
+            let c = Config {
+                replication_deadline_ms: bad,
+                ..c.clone()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("replication_deadline_ms"), "{e}");
+        }
     }
 
     #[test]

@@ -56,6 +56,10 @@ struct Args {
     /// Group replication mode: sync (default) or async (FastDFS-style).
     #[arg(long)]
     replication: Option<proto::cluster::ReplicationMode>,
+    /// Sync groups: how long a slave has to make a change durable before
+    /// the master reports it, in ms (default 2000).
+    #[arg(long)]
+    replication_deadline_ms: Option<u64>,
     /// Files above this size are stored as single files (e.g. 64MiB).
     #[arg(long, value_parser = parse_size)]
     large_file_threshold: Option<u64>,
@@ -127,6 +131,9 @@ fn build_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.replication {
         cfg.replication = v;
+    }
+    if let Some(v) = args.replication_deadline_ms {
+        cfg.replication_deadline_ms = v;
     }
     if let Some(v) = args.large_file_threshold {
         cfg.storage.large_file_threshold = v;

@@ -43,11 +43,20 @@ pub struct ReplTiming {
     pub gap_wait: Duration,
 }
 
+impl ReplTiming {
+    /// A slave's deadline; a missing earlier version is waited for three
+    /// quarters of it (so a change that waits for a gap still answers in
+    /// time).
+    pub fn with_deadline(deadline: Duration) -> Self {
+        ReplTiming {
+            deadline,
+            gap_wait: deadline * 3 / 4,
+        }
+    }
+}
+
 impl Default for ReplTiming {
     fn default() -> Self {
-        ReplTiming {
-            deadline: Duration::from_millis(2000),
-            gap_wait: Duration::from_millis(1500),
-        }
+        ReplTiming::with_deadline(Duration::from_millis(2000))
     }
 }

@@ -10,11 +10,13 @@ use tracing::debug;
 
 use super::metrics::{Extra, Metrics};
 use crate::engine::Engine;
+use crate::repl::Replicator;
 
 pub async fn serve_metrics(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     engine: Arc<Engine>,
+    repl: Option<Arc<Replicator>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -26,18 +28,22 @@ pub async fn serve_metrics(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let (m, e) = (metrics.clone(), engine.clone());
+        let (m, e, r) = (metrics.clone(), engine.clone(), repl.clone());
         tokio::spawn(async move {
-            if let Err(err) =
-                tokio::time::timeout(Duration::from_secs(5), answer(stream, &m, &e)).await
-            {
+            let answered = answer(stream, &m, &e, r.as_deref());
+            if let Err(err) = tokio::time::timeout(Duration::from_secs(5), answered).await {
                 debug!(error = %err, "metrics request timed out");
             }
         });
     }
 }
 
-async fn answer(mut stream: TcpStream, metrics: &Metrics, engine: &Engine) {
+async fn answer(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    engine: &Engine,
+    repl: Option<&Replicator>,
+) {
     let mut buf = [0u8; 4096];
     let mut got = 0;
     while got < buf.len() {
@@ -75,6 +81,11 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics, engine: &Engine) {
                 "chorus_engine_poisoned",
                 "1 once a failed disk write made the engine refuse every change.",
                 if engine.is_poisoned() { 1.0 } else { 0.0 },
+            ),
+            Extra::gauge(
+                "chorus_write_pace_per_second",
+                "Writes per second a master holds new writes to while a returning member catches up (0: not held).",
+                repl.and_then(|r| r.pace().pacing()).unwrap_or(0.0),
             ),
             Extra::counter(
                 "chorus_disk_batches_total",

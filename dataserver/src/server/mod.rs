@@ -139,7 +139,7 @@ impl Server {
                 a.group.clone(),
                 view.clone(),
                 leaders,
-                ReplTiming::default(),
+                ReplTiming::with_deadline(Duration::from_millis(cfg.replication_deadline_ms)),
                 epochs,
                 dedup.clone(),
             );
@@ -259,9 +259,9 @@ impl Server {
         let limit = Arc::new(Semaphore::new(max_connections));
         let mut conns = JoinSet::new();
         if let Some(l) = metrics_listener {
-            let (m, e) = (metrics.clone(), engine.clone());
+            let (m, e, r) = (metrics.clone(), engine.clone(), ctx.repl.clone());
             let rx = ctx.shutdown.clone();
-            conns.spawn(http::serve_metrics(l, m, e, rx));
+            conns.spawn(http::serve_metrics(l, m, e, r, rx));
         }
         tokio::pin!(stop);
         loop {
