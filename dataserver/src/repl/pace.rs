@@ -15,6 +15,7 @@
 //! write set, or gave up).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -50,8 +51,6 @@ struct Member {
 #[derive(Default)]
 struct State {
     members: HashMap<u64, Member>,
-    /// Whether writes were held at the last look (for the log).
-    holding: bool,
     /// The earliest moment the next write may start.
     next: Option<Instant>,
 }
@@ -69,6 +68,9 @@ impl State {
 #[derive(Default)]
 pub struct Pace {
     st: Mutex<State>,
+    /// Whether writes are held: checked by every write without the lock,
+    /// which only writes arriving while some member lags take.
+    holding: AtomicBool,
 }
 
 impl Pace {
@@ -92,8 +94,7 @@ impl Pace {
         });
         if let Some(rate) = lagging_rate(&m.seen) {
             m.rate = Some(rate);
-            if !st.holding {
-                st.holding = true;
+            if !self.holding.swap(true, Ordering::AcqRel) {
                 warn!(
                     server = asker,
                     writes_per_sec = rate as u64,
@@ -109,7 +110,7 @@ impl Pace {
         let mut st = self.st.lock();
         st.forget_before(now);
         let Some(rate) = st.rate() else {
-            if std::mem::take(&mut st.holding) {
+            if self.holding.swap(false, Ordering::AcqRel) {
                 st.next = None;
                 info!("no member is falling behind any more: writes no longer held");
             }
@@ -122,6 +123,9 @@ impl Pace {
 
     /// Wait for this write's slot, if writes are being held.
     pub async fn admit(&self) {
+        if !self.holding.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(at) = self.slot_at(Instant::now()) {
             tokio::time::sleep_until(at.into()).await;
         }
@@ -129,7 +133,9 @@ impl Pace {
 
     /// The writes per second writes are held to, if they are.
     pub fn pacing(&self) -> Option<f64> {
-        self.st.lock().rate()
+        let mut st = self.st.lock();
+        st.forget_before(Instant::now());
+        st.rate()
     }
 }
 
