@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::frame::{
-    FrameHeader, DEFAULT_MAX_META, DEFAULT_MAX_PAYLOAD, HEADER_LEN, PROTOCOL_VERSION, STREAM_CHUNK,
+    FrameHeader, COALESCE, DEFAULT_MAX_META, DEFAULT_MAX_PAYLOAD, HEADER_LEN, PROTOCOL_VERSION,
+    STREAM_CHUNK,
 };
 use proto::{DataChunk, FrameError, Message, Reply, WireError};
 use rkyv::util::AlignedVec;
@@ -28,9 +29,6 @@ const READ_BUFFER: usize = 64 * 1024;
 /// Upper bound on what is reserved up front for a download into memory;
 /// beyond it the vector grows as data arrives.
 const MAX_PRERESERVE: u64 = 64 << 20;
-/// Payloads up to this size are copied into the write buffer so a frame
-/// (or a request and its small body) leaves in one write.
-const COALESCE: usize = 64 * 1024;
 /// How long to look for an early error response after a body write failed.
 const SALVAGE_WAIT: Duration = Duration::from_millis(500);
 

@@ -224,6 +224,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// Payloads up to this size are copied next to their frame's header and
+/// leave in one write; larger ones are written from where they are.
+pub const COALESCE: usize = 64 * 1024;
+
 /// Writes frames to a byte stream.
 pub struct FrameWriter<W> {
     inner: W,
@@ -246,8 +250,9 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.inner
     }
 
-    /// Write one frame (message and payload) and flush it.
-    pub async fn write<M>(&mut self, msg: &M, payload: &[u8]) -> Result<(), FrameError>
+    /// Append one frame to `buf` (header and archive; the payload too when
+    /// it is small enough to copy). Returns whether the payload was copied.
+    fn append<M>(&mut self, msg: &M, payload: &[u8]) -> Result<bool, FrameError>
     where
         M: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
     {
@@ -262,15 +267,59 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             meta_len,
             payload_len,
         };
-        self.buf.clear();
         self.buf.extend_from_slice(&header.encode());
         self.buf.extend_from_slice(&meta);
-        // Small payloads go out in the same write as the header.
-        if payload.len() <= 64 * 1024 {
+        let copy = payload.len() <= COALESCE;
+        if copy {
             self.buf.extend_from_slice(payload);
-            self.inner.write_all(&self.buf).await?;
-        } else {
-            self.inner.write_all(&self.buf).await?;
+        }
+        Ok(copy)
+    }
+
+    /// Hold one frame (message and a payload of at most [`COALESCE`] bytes)
+    /// to go out with the next [`FrameWriter::write`], in the same write:
+    /// a download's answer and its first data frame leave as one segment.
+    /// The caller must follow it with a `write`.
+    pub fn hold<M>(&mut self, msg: &M, payload: &[u8]) -> Result<(), FrameError>
+    where
+        M: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    {
+        let mark = self.buf.len();
+        match self.append(msg, payload) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.buf.truncate(mark);
+                Err(FrameError::Encode(format!(
+                    "a held frame's payload must be at most {COALESCE} bytes, not {}",
+                    payload.len()
+                )))
+            }
+            Err(e) => {
+                self.buf.truncate(mark);
+                Err(e)
+            }
+        }
+    }
+
+    /// Write one frame (message and payload), after any held frames, and
+    /// flush it.
+    pub async fn write<M>(&mut self, msg: &M, payload: &[u8]) -> Result<(), FrameError>
+    where
+        M: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    {
+        let res = self.write_inner(msg, payload).await;
+        self.buf.clear();
+        res
+    }
+
+    async fn write_inner<M>(&mut self, msg: &M, payload: &[u8]) -> Result<(), FrameError>
+    where
+        M: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    {
+        // Small payloads go out in the same write as the header.
+        let copied = self.append(msg, payload)?;
+        self.inner.write_all(&self.buf).await?;
+        if !copied {
             self.inner.write_all(payload).await?;
         }
         self.inner.flush().await?;
@@ -323,6 +372,46 @@ mod tests {
         assert_eq!(p, payload);
         drop(w);
         assert!(r.read::<Message>().await.unwrap().is_none());
+    }
+
+    /// A held frame goes out first, in the same write as the next one; a
+    /// payload too large to hold is refused and leaves nothing behind.
+    #[tokio::test]
+    async fn held_frame_leaves_with_the_next_write() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut w = FrameWriter::new(a);
+        let mut r = FrameReader::new(b);
+        let answer = Message::Data(DataChunk { id: 1, last: false });
+        w.hold(&answer, b"abc").unwrap();
+        assert!(matches!(
+            w.hold(&answer, &vec![0u8; COALESCE + 1]),
+            Err(FrameError::Encode(_))
+        ));
+        // Nothing is written until the next frame.
+        let mut probe = [0u8; 1];
+        let pending = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            tokio::io::AsyncReadExt::read(r.get_mut(), &mut probe),
+        )
+        .await;
+        assert!(
+            pending.is_err(),
+            "a held frame must wait for the next write"
+        );
+        let big = vec![9u8; COALESCE * 2];
+        let data = Message::Data(DataChunk { id: 1, last: true });
+        w.write(&data, &big).await.unwrap();
+        let (got, p) = r.read::<Message>().await.unwrap().unwrap();
+        assert_eq!(got, answer);
+        assert_eq!(p, b"abc");
+        let (got, p) = r.read::<Message>().await.unwrap().unwrap();
+        assert_eq!(got, data);
+        assert_eq!(p, big);
+        // The buffer was emptied: the next frame stands alone.
+        w.write(&data, b"x").await.unwrap();
+        let (got, p) = r.read::<Message>().await.unwrap().unwrap();
+        assert_eq!(got, data);
+        assert_eq!(p, b"x");
     }
 
     #[tokio::test]

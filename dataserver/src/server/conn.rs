@@ -9,7 +9,7 @@ use proto::{
     DataChunk, ErrorCode, FileId, FrameError, FrameReader, FrameWriter, Message, Reply, Request,
     RequestEnvelope, ResponseEnvelope, WireError,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader};
 use tracing::{debug, info_span, warn, Instrument};
 
 use super::body::{message_kind, BodyBufs, NetBody};
@@ -20,6 +20,10 @@ use crate::engine::{Engine, EngineError};
 use crate::repl::dedup::{Begin, Dedup};
 use crate::repl::{push, slave, Replicator};
 use proto::cluster::ServerStatus;
+
+/// Bytes each connection buffers on its read side: a request frame, its
+/// archive and a small body usually arrive in one read.
+const READ_BUFFER: usize = 16 * 1024;
 
 /// What the connection loop needs from the server.
 pub struct ConnContext {
@@ -200,8 +204,9 @@ where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
+    // Buffered: a request frame and a small body arrive in one read.
     let mut reader = FrameReader::with_limits(
-        reader,
+        BufReader::with_capacity(READ_BUFFER, reader),
         proto::frame::DEFAULT_MAX_META,
         proto::frame::DEFAULT_MAX_PAYLOAD,
     );
@@ -679,7 +684,12 @@ async fn download<W: AsyncWrite + Unpin + Send>(
         offset: read.offset,
         length: read.length,
     };
-    if send_response(writer, id, Ok(header)).await.is_err() {
+    // The answer leaves with the first data frame, in one write.
+    let answer = Message::Response(ResponseEnvelope {
+        id,
+        result: Ok(header),
+    });
+    if writer.hold(&answer, &[]).is_err() {
         return Err(DownloadEnd::Broken);
     }
     let mut sent: u64 = 0;
