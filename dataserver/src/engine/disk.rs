@@ -724,6 +724,19 @@ pub(crate) fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A disk thread under `always`, with the ring if asked and available.
+    fn thread(name: &str, uring: bool, stats: Arc<DiskStats>) -> DiskThread {
+        DiskThread::spawn(
+            name,
+            uring && probe_io_uring(),
+            FsyncPolicy::Always,
+            Duration::from_millis(10),
+            stats,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .unwrap()
+    }
+
     async fn roundtrip(uring: bool) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
@@ -737,15 +750,7 @@ mod tests {
                 .unwrap(),
         );
         let stats = Arc::new(DiskStats::default());
-        let t = DiskThread::spawn(
-            "t",
-            uring && probe_io_uring(),
-            FsyncPolicy::Always,
-            Duration::from_millis(10),
-            stats.clone(),
-            Arc::new(AtomicBool::new(false)),
-        )
-        .unwrap();
+        let t = thread("t", uring, stats.clone());
         let t = Arc::new(t);
         let mut tasks = Vec::new();
         for i in 0..64u64 {
@@ -787,15 +792,7 @@ mod tests {
         let Ok(dio) = open(true) else {
             return; // this file system has no O_DIRECT
         };
-        let t = DiskThread::spawn(
-            "d",
-            uring && probe_io_uring(),
-            FsyncPolicy::Always,
-            Duration::from_millis(10),
-            Arc::new(DiskStats::default()),
-            Arc::new(AtomicBool::new(false)),
-        )
-        .unwrap();
+        let t = thread("d", uring, Arc::new(DiskStats::default()));
         let mut aligned = super::super::dio::AlignedBuf::new();
         aligned.write_at(0, &[7u8; 3 * DIO_ALIGN]);
         let misaligned = Bytes::from(vec![9u8; 1000]);
@@ -839,15 +836,7 @@ mod tests {
             })
             .collect();
         let stats = Arc::new(DiskStats::default());
-        let t = DiskThread::spawn(
-            "m",
-            uring && probe_io_uring(),
-            FsyncPolicy::Always,
-            Duration::from_millis(10),
-            stats.clone(),
-            Arc::new(AtomicBool::new(false)),
-        )
-        .unwrap();
+        let t = thread("m", uring, stats.clone());
         let targets = files
             .iter()
             .enumerate()
