@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::codec::{Dec, DecodeError, Enc};
 use super::disk::{self, DiskThread};
@@ -40,6 +40,10 @@ use super::index::Entry;
 pub(crate) const SEGMENT_MAX: u64 = 64 << 20;
 /// Largest payload accepted when reading.
 const MAX_PAYLOAD: u32 = 1 << 20;
+/// Zeros written ahead of the log's end at a time…
+const ZERO_STEP: u64 = 1 << 20;
+/// …once the end comes this close to the zeroed part's.
+const ZERO_LOW: u64 = 256 << 10;
 const FRAME_HEADER: usize = 8;
 
 /// Op codes. Upper case: originated on this server; the lower-case twin is
@@ -319,12 +323,17 @@ pub(crate) fn recover(
             }
         }
         if valid < buf.len() {
-            warn!(
-                path = %path.display(),
-                valid,
-                len = buf.len(),
-                "binlog tail is torn; cutting it"
-            );
+            if buf[valid..].iter().all(|&b| b == 0) {
+                // Zeros written ahead of the log's end (`Binlog::zero_ahead`).
+                debug!(path = %path.display(), valid, len = buf.len(), "cutting the binlog's zeroed tail");
+            } else {
+                warn!(
+                    path = %path.display(),
+                    valid,
+                    len = buf.len(),
+                    "binlog tail is torn; cutting it"
+                );
+            }
             let file = OpenOptions::new().write(true).open(path)?;
             file.set_len(valid as u64)?;
             file.sync_all()?;
@@ -432,6 +441,9 @@ fn apply_void_intent(dir: &Path, buf: &[u8]) -> io::Result<()> {
 struct State {
     seg: Arc<File>,
     offset: u64,
+    /// The segment holds zeros (or records) up to here: records below it
+    /// overwrite allocated blocks instead of growing the file.
+    zeroed: u64,
     next: u64,
     /// Versions handed out whose index update has not happened yet.
     pending: BTreeSet<u64>,
@@ -514,6 +526,7 @@ impl Binlog {
             st: Mutex::new(State {
                 seg: Arc::new(seg),
                 offset,
+                zeroed: offset,
                 next,
                 pending: BTreeSet::new(),
             }),
@@ -539,8 +552,34 @@ impl Binlog {
             disk::sync_dir(&self.dir)?;
             st.seg = Arc::new(f);
             st.offset = 0;
+            st.zeroed = 0;
         }
         Ok(())
+    }
+
+    /// Queue zeros ahead of the log's end when it comes close to the zeroed
+    /// part's (under the lock, after the record's own write was queued, so
+    /// the disk thread writes them in that order and no record is ever
+    /// zeroed). Only an optimisation: when no disk slot is free, or the
+    /// write fails, records just grow the file as they otherwise would.
+    fn zero_ahead(&self, st: &mut State) {
+        if st.offset + ZERO_LOW < st.zeroed || st.zeroed >= SEGMENT_MAX {
+            return;
+        }
+        let from = st.zeroed.max(st.offset);
+        let to = (from + ZERO_STEP).min(SEGMENT_MAX);
+        if to <= from {
+            return;
+        }
+        let Some(permit) = self.disk.try_permit() else {
+            return;
+        };
+        st.zeroed = to;
+        // Made durable by the next record's fdatasync; nobody waits for it.
+        drop(
+            self.disk
+                .send(permit, st.seg.clone(), disk::zeros(from, to), false),
+        );
     }
 
     /// Append one record built by `build(version, committed)` together with
@@ -581,7 +620,9 @@ impl Binlog {
             self.assigned.send_replace(v);
             let log = disk::Target::new(st.seg.clone(), vec![(off, Bytes::from(frame))]);
             let targets = vec![data(v), log];
-            (v, self.disk.send_multi(permit, targets, true, Some(hook)))
+            let rx = self.disk.send_multi(permit, targets, true, Some(hook));
+            self.zero_ahead(&mut st);
+            (v, rx)
         };
         let result = disk::wait(rx).await;
         if result.is_ok() {
@@ -616,6 +657,7 @@ impl Binlog {
                 vec![(off, Bytes::from(frame))],
                 true,
             );
+            self.zero_ahead(&mut st);
             (v, rx)
         };
         disk::wait(rx).await?;

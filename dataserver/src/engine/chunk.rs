@@ -118,11 +118,17 @@ pub(crate) struct Store {
     pub dio: RwLock<Vec<Option<Arc<File>>>>,
     /// Cleared when this file system refuses O_DIRECT: buffered from then on.
     pub dio_ok: AtomicBool,
+    /// A [`Store::prefill`] is writing its zeros.
+    pub prefilling: Arc<AtomicBool>,
     pub free: Arc<Mutex<FreeList>>,
     pub disk: DiskThread,
     /// Cached free space of the file system.
     pub space: FsSpace,
 }
+
+/// Chunk space zero-filled ahead at a time (see [`Store::prefill`]), at
+/// most an eighth of a chunk file.
+pub(crate) const PREFILL: u64 = 8 << 20;
 
 pub(crate) fn chunk_name(n: u32) -> String {
     format!("chunk.{n:08X}")
@@ -159,9 +165,60 @@ impl Store {
     }
 
     /// Allocate `len` bytes of chunk space (creating a chunk file if needed).
-    pub fn alloc(&self, len: u64, committed: u64) -> io::Result<(Arc<Extent>, Arc<File>)> {
-        let (a, _) = self.free.lock().alloc(len);
-        self.take(a, committed)
+    /// The flag says the space came from the end of the chunks (nothing
+    /// freed was big enough): the file grows.
+    pub fn alloc(&self, len: u64, committed: u64) -> io::Result<(Arc<Extent>, Arc<File>, bool)> {
+        let (a, at_end) = {
+            let mut free = self.free.lock();
+            let at_end = !free.fits(len);
+            (free.alloc(len).0, at_end)
+        };
+        let (ext, file) = self.take(a, committed)?;
+        Ok((ext, file, at_end))
+    }
+
+    /// Make [`PREFILL`] bytes at the end of the chunks into free space that
+    /// holds zeros, durably: small records written there later overwrite
+    /// allocated blocks inside the file, so their fdatasync flushes data
+    /// only, where a record that grows the file must also commit the file
+    /// system's journal (measured here: 4 KiB write+fdatasync about 1.5x
+    /// faster). The space is owned by an extent while the zeros are written
+    /// (nothing else can be placed there), then freed. One at a time; only
+    /// an optimisation, so any failure just leaves records growing the file.
+    pub fn prefill(&self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.prefilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (a, _) = {
+            let mut free = self.free.lock();
+            let len = PREFILL.min(free.chunk_size() / 8);
+            free.alloc_at_end(len)
+        };
+        let taken = self.take(a, 0);
+        let permit = self.disk.try_permit();
+        let (Ok((ext, file)), Some(permit)) = (taken, permit) else {
+            self.prefilling.store(false, Ordering::Release);
+            return;
+        };
+        self.space.charge(ext.len);
+        let rx = self.disk.send(
+            permit,
+            file,
+            disk::zeros(ext.offset, ext.offset + ext.len),
+            true,
+        );
+        let flag = self.prefilling.clone();
+        rt.spawn(async move {
+            if let Err(e) = disk::wait(rx).await {
+                tracing::debug!(error = %e, "zero-filling chunk space failed");
+            }
+            // Frees the space (zeroed, or partly: still free space).
+            drop(ext);
+            flag.store(false, Ordering::Release);
+        });
     }
 
     /// Allocate a block-aligned extent of at least `len` bytes (a multiple

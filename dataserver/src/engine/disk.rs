@@ -177,6 +177,12 @@ impl DiskThread {
             .map_err(|_| io::Error::other("disk thread stopped"))
     }
 
+    /// A slot for one request if one is free now (for writes that may be
+    /// skipped, such as [`zeros`] ahead of a log).
+    pub fn try_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.sem.clone().try_acquire_owned().ok()
+    }
+
     /// Queue a write (never blocks); `sync` asks for durability under the
     /// `always` policy (ignored under `batch`/`never`, see [`Self::sync`]).
     pub fn send(
@@ -699,6 +705,24 @@ fn ring_sync(
         .map(|(r, f)| r.unwrap_or_else(|| f.sync_data()))
         .collect();
     (res, here)
+}
+
+/// Zero bytes to fill ahead of a file's write position from.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
+
+/// Pieces writing zeros over `[from, to)`, without allocating: filling a
+/// file ahead of where records will be written makes their fdatasync a
+/// data-only flush (the blocks are allocated and the size is set; an
+/// extending write's fdatasync must also commit the file system journal).
+pub(crate) fn zeros(from: u64, to: u64) -> Vec<(u64, Bytes)> {
+    let mut out = Vec::new();
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64);
+        out.push((at, Bytes::from_static(&ZEROS[..n as usize])));
+        at += n;
+    }
+    out
 }
 
 fn submit_wait(ring: &mut IoUring, want: usize) -> io::Result<()> {

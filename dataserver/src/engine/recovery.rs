@@ -452,6 +452,7 @@ fn open_store(
         chunks: RwLock::new(chunks),
         dio: RwLock::new(Vec::new()),
         dio_ok: AtomicBool::new(true),
+        prefilling: Arc::new(AtomicBool::new(false)),
         free,
         disk,
         space: FsSpace::new(root),

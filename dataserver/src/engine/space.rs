@@ -44,6 +44,10 @@ impl FreeList {
         }
     }
 
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
     /// Total bytes on the free list.
     pub fn free_bytes(&self) -> u64 {
         self.by_pos.values().sum()
@@ -88,8 +92,9 @@ impl FreeList {
         }
     }
 
-    /// Space at the end of the active chunk, or at the start of a new one.
-    fn alloc_at_end(&mut self, len: u64) -> (Alloc, bool) {
+    /// Space at the end of the active chunk, or at the start of a new one
+    /// (never from the free list).
+    pub fn alloc_at_end(&mut self, len: u64) -> (Alloc, bool) {
         let mut new_chunk = false;
         if self.active_end + len > self.chunk_size {
             if self.active_end < self.chunk_size {

@@ -59,7 +59,7 @@ use bytes::Bytes;
 use proto::{FileId, FileStat, MetaEntry, MetaMode};
 
 use super::binlog::{self, op};
-use super::chunk::{encode_header, open_rw, Store, HEADER_LEN};
+use super::chunk::{encode_header, open_rw, Store, HEADER_LEN, PREFILL};
 use super::content::{
     blocking, crc_concat, crc_range, crc_zeros, hasher_of, verify, BodyIn, Kept, Out, Sink,
 };
@@ -286,6 +286,18 @@ impl Engine {
             }
         }
         self.check_space(store, size)
+    }
+
+    /// Zero-fill chunk space ahead ([`Store::prefill`]) for small records,
+    /// when the file system can spare it above the reserve.
+    fn prefill(&self, store: &Store) {
+        if self.cfg.fsync != FsyncPolicy::Always {
+            return;
+        }
+        let room = store.space.avail().unwrap_or(0);
+        if room.saturating_sub(PREFILL) >= self.cfg.reserved_space {
+            store.prefill();
+        }
     }
 
     fn check_space(&self, store: &Store, need: u64) -> Result<(), EngineError> {
@@ -672,7 +684,10 @@ impl Engine {
                 (ext, crc, Staged::Direct(tail))
             }
             None => {
-                let (ext, file) = store.alloc(HEADER_LEN + cap, size).ctx(alloc_err)?;
+                let (ext, file, grew) = store.alloc(HEADER_LEN + cap, size).ctx(alloc_err)?;
+                if grew {
+                    self.prefill(store);
+                }
                 let mut sink = Sink::new(&store.disk, file.clone(), ext.offset + HEADER_LEN);
                 fill(&mut sink, segs, old, bin).await?;
                 let (crc, _, pieces) = sink.finish();

@@ -5,6 +5,8 @@
 
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::cluster::{ClusterMap, ServerId, ServerStatus};
@@ -281,27 +283,51 @@ async fn a_master_whose_disk_fails_is_replaced_by_its_slave() {
     }
 
     // Fill the binlog's file system; the store path still has room, so the
-    // engine's space check lets writes through and the binlog append fails.
+    // engine's space check lets writes through, and once the records have
+    // used the space the binlog had zeroed ahead (up to ~1.25 MiB), an
+    // append fails. Writers keep going until one is refused.
     let mut filler = std::fs::File::create(meta.join("filler")).expect("filler");
     let mb = vec![1u8; 1 << 20];
     while std::io::Write::write_all(&mut filler, &mb).is_ok() {}
     drop(filler);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut i = 0;
-    let refused = loop {
-        i += 1;
-        let body = format!("while the disk fails {i}");
-        match try_upload(first, body.as_bytes()).await {
-            Ok(Reply::Stat(s)) => acked.push((s.file_id, body)),
-            Ok(other) => panic!("unexpected answer {other:?}"),
-            Err(e) => break e,
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the full disk never failed a write"
-        );
-    };
-    println!("the master refused a write once its binlog's disk was full: {refused}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..16 {
+        let stop = stop.clone();
+        writers.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Acquire) {
+                i += 1;
+                let body = format!("while the disk fails {w}/{i}");
+                match try_upload(first, body.as_bytes()).await {
+                    Ok(Reply::Stat(s)) => acked.push((s.file_id, body)),
+                    Ok(other) => panic!("unexpected answer {other:?}"),
+                    Err(e) => {
+                        stop.store(true, Ordering::Release);
+                        return (acked, Some(e));
+                    }
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the full disk never failed a write"
+                );
+            }
+            (acked, None)
+        }));
+    }
+    let mut refused = None;
+    for w in writers {
+        let (mut a, e) = w.await.expect("writer");
+        acked.append(&mut a);
+        refused = refused.or(e);
+    }
+    let refused = refused.expect("a write was refused");
+    println!(
+        "the master refused a write once its binlog's disk was full, after {} writes: {refused}",
+        acked.len()
+    );
     c.dataservers[0].wait_log("storage engine poisoned", Duration::from_secs(5));
 
     // Silent now: the slave takes over, with everything acknowledged.
