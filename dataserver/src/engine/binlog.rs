@@ -440,6 +440,9 @@ fn apply_void_intent(dir: &Path, buf: &[u8]) -> io::Result<()> {
 
 struct State {
     seg: Arc<File>,
+    /// The open segment's first version (its name).
+    seg_first: u64,
+    /// Where the next record goes in it.
     offset: u64,
     /// The segment holds zeros (or records) up to here: records below it
     /// overwrite allocated blocks instead of growing the file.
@@ -511,13 +514,22 @@ fn check_expected(st: &State, expect: Option<u64>) -> io::Result<()> {
 impl Binlog {
     /// Start appending after recovery; `next` is the first version to hand out.
     pub fn start(dir: &Path, disk: DiskThread, rec: &Recovered, next: u64) -> io::Result<Binlog> {
-        let (seg, offset) = match &rec.tail {
-            Some((path, len)) if *len < SEGMENT_MAX => (open_append(path, false)?, *len),
-            _ => {
+        let tail = rec.tail.as_ref().and_then(|(path, len)| {
+            let first = path
+                .file_name()?
+                .to_str()?
+                .strip_prefix("binlog.")?
+                .parse::<u64>()
+                .ok()?;
+            (*len < SEGMENT_MAX).then_some((path, *len, first))
+        });
+        let (seg, offset, seg_first) = match tail {
+            Some((path, len, first)) => (open_append(path, false)?, len, first),
+            None => {
                 let f = open_append(&seg_path(dir, next), true)?;
                 f.set_len(0)?;
                 disk::sync_dir(dir)?;
-                (f, 0)
+                (f, 0, next)
             }
         };
         Ok(Binlog {
@@ -525,6 +537,7 @@ impl Binlog {
             disk,
             st: Mutex::new(State {
                 seg: Arc::new(seg),
+                seg_first,
                 offset,
                 zeroed: offset,
                 next,
@@ -551,6 +564,7 @@ impl Binlog {
             let f = open_append(&path, true)?;
             disk::sync_dir(&self.dir)?;
             st.seg = Arc::new(f);
+            st.seg_first = st.next;
             st.offset = 0;
             st.zeroed = 0;
         }
@@ -743,6 +757,12 @@ impl Binlog {
         hint: Option<LogPos>,
     ) -> io::Result<(Vec<BinlogRecord>, Option<LogPos>)> {
         let durable = self.durable_version().min(upto);
+        // Records end here in the open segment; past it are only zeros
+        // written ahead (not worth reading on every call).
+        let open = {
+            let st = self.st.lock();
+            (st.seg_first, st.offset)
+        };
         let segs = segments(&self.dir)?;
         let start = segs
             .iter()
@@ -755,7 +775,8 @@ impl Binlog {
                 Some(h) if i == start && h.version == after && h.segment == *first => h.offset,
                 _ => 0,
             };
-            let buf = read_from(path, from)?;
+            let end = (*first == open.0).then_some(open.1);
+            let buf = read_from(path, from, end)?;
             let (recs, _) = parse(&buf, 0);
             for mut r in recs {
                 r.at += from;
@@ -776,13 +797,20 @@ impl Binlog {
     }
 }
 
-/// The bytes of `path` from `offset` to its end.
-fn read_from(path: &Path, offset: u64) -> io::Result<Vec<u8>> {
+/// The bytes of `path` from `offset` to `end` (or to the end of the file).
+fn read_from(path: &Path, offset: u64, end: Option<u64>) -> io::Result<Vec<u8>> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = File::open(path)?;
     f.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::new();
-    f.read_to_end(&mut buf)?;
+    match end {
+        Some(end) => {
+            f.take(end.saturating_sub(offset)).read_to_end(&mut buf)?;
+        }
+        None => {
+            f.read_to_end(&mut buf)?;
+        }
+    }
     Ok(buf)
 }
 
