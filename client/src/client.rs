@@ -264,6 +264,7 @@ impl Client {
             Reply::Meta { .. } => "meta",
             Reply::Exists(_) => "exists",
             Reply::Replicated { .. } => "replicated",
+            Reply::ReplicatedBatch { .. } => "replicated_batch",
             Reply::ReplLog { .. } => "repl_log",
             Reply::ReplFile { .. } => "repl_file",
             Reply::Activated { .. } => "activated",

@@ -24,7 +24,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const MAGIC: [u8; 2] = *b"CH";
 /// The current frame format version. There is no schema evolution inside an
 /// archive: any change to a wire type raises this.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Bytes in a frame header.
 pub const HEADER_LEN: usize = 12;
 /// Default maximum size of a frame's archive.

@@ -123,6 +123,13 @@ pub enum Request {
     /// Master → slave: one change to apply at its data version; `body_len`
     /// bytes of `Data` frames follow. See [`crate::repl`].
     Replicate(ReplRecord),
+    /// Master → slave: several changes at once, each applied as if sent
+    /// alone by `Replicate`; their bodies follow back to back as `Data`
+    /// frames (`body_len` bytes each, in order). Answered with
+    /// [`Reply::ReplicatedBatch`].
+    ReplicateBatch {
+        records: Vec<ReplRecord>,
+    },
     /// Catch-up: binlog records from `from` (inclusive), at most `max`.
     ReplLog {
         from: u64,
@@ -176,6 +183,7 @@ impl Request {
             Request::GetMeta { .. } => "get_meta",
             Request::Exists { .. } => "exists",
             Request::Replicate(_) => "replicate",
+            Request::ReplicateBatch { .. } => "replicate_batch",
             Request::ReplLog { .. } => "repl_log",
             Request::ReplFetch { .. } => "repl_fetch",
             Request::ReplReady { .. } => "repl_ready",
@@ -192,6 +200,13 @@ impl Request {
             | Request::Append { size, .. }
             | Request::Modify { size, .. } => Some(*size),
             Request::Replicate(r) | Request::AsyncPush { rec: r, .. } => Some(r.body_len),
+            // An overflowing sum is refused as too large.
+            Request::ReplicateBatch { records } => Some(
+                records
+                    .iter()
+                    .try_fold(0u64, |sum, r| sum.checked_add(r.body_len))
+                    .unwrap_or(u64::MAX),
+            ),
             _ => None,
         }
     }
@@ -211,6 +226,7 @@ impl Request {
             | Request::ReplFetch { file_id } => Some(file_id),
             Request::Replicate(r) | Request::AsyncPush { rec: r, .. } => Some(&r.file_id),
             Request::Ping
+            | Request::ReplicateBatch { .. }
             | Request::AsyncOffer { .. }
             | Request::Upload { .. }
             | Request::ReplLog { .. }
@@ -265,6 +281,12 @@ pub enum Reply {
     /// A replicated change is durable here; `data_version` is this
     /// server's version after it.
     Replicated {
+        data_version: u64,
+    },
+    /// Answer to `ReplicateBatch`: per record, in order, `None` when it is
+    /// durable here, else why not; `data_version` after them.
+    ReplicatedBatch {
+        results: Vec<Option<WireError>>,
         data_version: u64,
     },
     ReplLog {

@@ -7,13 +7,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use client::leader::{LeaderClient, LeaderClientError};
 use client::peer::{PeerBody, PeerConn};
 use parking_lot::Mutex;
 use proto::cluster::{ServerId, ServerStatus};
 use proto::{ErrorCode, ReplRecord, Reply, Request, WireError};
+use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
+use super::batch::{Batcher, Item, BATCH_BODY_MAX};
 use super::dedup::Dedup;
 use super::epoch::EpochFile;
 use super::pace::Pace;
@@ -56,6 +59,13 @@ pub struct Replicator {
     dedup: Arc<Dedup>,
     /// Holds writes to the pace of a member that cannot catch up.
     pace: Pace,
+    /// Small changes queued per slave, sent several to a frame.
+    batcher: Batcher,
+}
+
+/// A reply's kind, for an error message.
+fn reply_name(r: &Reply) -> String {
+    format!("{r:?}").chars().take(60).collect()
 }
 
 fn unavailable(msg: impl Into<String>) -> EngineError {
@@ -88,6 +98,7 @@ impl Replicator {
             applying: tokio::sync::RwLock::new(()),
             dedup,
             pace: Pace::default(),
+            batcher: Batcher::default(),
         })
     }
 
@@ -240,7 +251,18 @@ impl Replicator {
         }
     }
 
+    /// A pooled connection to `addr`, or a new one.
+    async fn conn(&self, addr: &str, deadline: Duration) -> Result<PeerConn, String> {
+        match self.take_conn(addr) {
+            Some(c) => Ok(c),
+            None => PeerConn::connect(addr, deadline, deadline)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
     /// Send one change to one slave and wait for it to be durable there.
+    /// A small one goes through the slave's queue ([`batch`](super::batch)).
     async fn send(
         &self,
         t: &Target,
@@ -250,17 +272,19 @@ impl Replicator {
         deadline: Duration,
     ) -> Result<(), String> {
         let deadline = payload.deadline(deadline);
+        if let Payload::Mem(body) = payload {
+            if body.len() as u64 <= BATCH_BODY_MAX {
+                return self
+                    .send_queued(t, epoch, rec, body.clone(), deadline)
+                    .await;
+            }
+        }
         let mut reader = match payload {
             Payload::Stream(c) => Some(ContentReader::new(c.clone())),
             Payload::Mem(_) => None,
         };
         let once = async {
-            let mut conn = match self.take_conn(&t.addr) {
-                Some(c) => c,
-                None => PeerConn::connect(&t.addr, deadline, deadline)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            };
+            let mut conn = self.conn(&t.addr, deadline).await?;
             let res = conn
                 .call(
                     Request::Replicate(rec.clone()),
@@ -279,6 +303,129 @@ impl Replicator {
             match res {
                 Ok(Reply::Replicated { .. }) => Ok(()),
                 Ok(other) => Err(format!("unexpected answer {other:?}")),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        match tokio::time::timeout(deadline, once).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {deadline:?}")),
+        }
+    }
+
+    /// Queue a small change for `t` and wait for its answer; start a batch
+    /// if the slave may take another now.
+    async fn send_queued(
+        &self,
+        t: &Target,
+        epoch: u64,
+        rec: &ReplRecord,
+        body: Bytes,
+        deadline: Duration,
+    ) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        let item = Item {
+            epoch,
+            deadline,
+            rec: rec.clone(),
+            body,
+            done,
+        };
+        if self.batcher.push(&t.addr, item) {
+            let me = self
+                .me
+                .upgrade()
+                .ok_or_else(|| "the replicator is stopping".to_string())?;
+            let addr = t.addr.clone();
+            tokio::spawn(async move { me.drive(&addr).await });
+        }
+        match tokio::time::timeout(deadline, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the batch carrying this change was dropped".into()),
+            Err(_) => Err(format!("no answer within {deadline:?}")),
+        }
+    }
+
+    /// Let the other ready writers queue their changes for `addr`, then
+    /// send everything queued (several frames at once when it is more than
+    /// one holds) and answer each change's writer.
+    async fn drive(&self, addr: &str) {
+        tokio::task::yield_now().await;
+        let frames = self.batcher.take(addr);
+        let sends = frames.into_iter().map(|batch| async move {
+            let outcome = self.send_batch(addr, &batch).await;
+            match outcome {
+                Ok(results) => {
+                    for (item, r) in batch.into_iter().zip(results) {
+                        let _ = item.done.send(r);
+                    }
+                }
+                Err(e) => {
+                    for item in batch {
+                        let _ = item.done.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+        futures::future::join_all(sends).await;
+    }
+
+    /// One exchange for `batch`: `Replicate` for a lone change, else
+    /// `ReplicateBatch` with the bodies back to back. Per change, its
+    /// outcome; `Err` when the exchange as a whole failed.
+    async fn send_batch(
+        &self,
+        addr: &str,
+        batch: &[Item],
+    ) -> Result<Vec<Result<(), String>>, String> {
+        let Some(first) = batch.first() else {
+            return Ok(Vec::new());
+        };
+        let deadline = batch
+            .iter()
+            .map(|i| i.deadline)
+            .max()
+            .unwrap_or(self.timing.deadline);
+        let once = async {
+            let mut conn = self.conn(addr, deadline).await?;
+            let res = if let [one] = batch {
+                conn.call(
+                    Request::Replicate(one.rec.clone()),
+                    one.epoch,
+                    (one.rec.client_id, one.rec.seq),
+                    PeerBody::Slice(&one.body),
+                    None,
+                )
+                .await
+            } else {
+                let records = batch.iter().map(|i| i.rec.clone()).collect();
+                let mut body = Vec::with_capacity(batch.iter().map(|i| i.body.len()).sum());
+                for i in batch {
+                    body.extend_from_slice(&i.body);
+                }
+                conn.call(
+                    Request::ReplicateBatch { records },
+                    first.epoch,
+                    (0, 0),
+                    PeerBody::Slice(&body),
+                    None,
+                )
+                .await
+            }
+            .map_err(|e| e.to_string())?;
+            self.put_conn(conn);
+            match res {
+                Ok(Reply::Replicated { .. }) if batch.len() == 1 => Ok(vec![Ok(())]),
+                Ok(Reply::ReplicatedBatch { results, .. }) if results.len() == batch.len() => {
+                    Ok(results
+                        .into_iter()
+                        .map(|r| r.map_or(Ok(()), |e| Err(e.to_string())))
+                        .collect())
+                }
+                Ok(other) => Err(format!(
+                    "unexpected answer to {} changes: {}",
+                    batch.len(),
+                    reply_name(&other)
+                )),
                 Err(e) => Err(e.to_string()),
             }
         };

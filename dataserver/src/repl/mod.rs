@@ -6,6 +6,7 @@
 //!   ONLINE one being activated), has the leaders drop a slave that misses
 //!   its deadline, and refuses to acknowledge once the lease has run out.
 //!   It also answers an ONLINE slave's request to become ACTIVE.
+//!   Small changes to a busy slave go several to a frame ([`batch`]).
 //! * [`slave`]: applying a replicated change in data-version order.
 //! * [`catchup`]: a WAIT_SYNC / SYNCING / RECOVERING / ONLINE server copies
 //!   what it misses from the master and climbs to ACTIVE.
@@ -15,6 +16,7 @@
 //! * [`push`]: async (FastDFS-style) groups: the gate, pushers with their
 //!   marks, the receiving side, and a new member's full copy.
 
+pub mod batch;
 pub mod catchup;
 pub mod dedup;
 pub mod epoch;

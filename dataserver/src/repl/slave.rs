@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tracing::debug;
 
-use super::pull::Puller;
+use super::pull::{BytesBody, Puller};
 use super::{ReplTiming, Replicator};
 use crate::cluster::{Role, SharedView};
 
@@ -53,6 +53,54 @@ pub fn admit(view: &SharedView, epoch: u64) -> Result<(), WireError> {
             ),
         )),
     }
+}
+
+/// The most body bytes one `ReplicateBatch` may carry (the master sends at
+/// most [`super::batch::MAX_BYTES`]).
+pub const MAX_BATCH_BODY: u64 = 8 << 20;
+
+/// Apply several changes sent together: each as if sent alone (in version
+/// order, each waiting its turn), all at once, so they share the disk's
+/// group commit; one answer per change.
+pub async fn apply_batch(
+    engine: &Engine,
+    repl: &Replicator,
+    view: &SharedView,
+    epoch: u64,
+    records: Vec<ReplRecord>,
+    body: &mut impl Body,
+) -> Result<Reply, WireError> {
+    let total: u64 = records
+        .iter()
+        .try_fold(0u64, |sum, r| sum.checked_add(r.body_len))
+        .unwrap_or(u64::MAX);
+    if total > MAX_BATCH_BODY {
+        return Err(WireError::new(
+            ErrorCode::BadRequest,
+            format!("a replicated batch of {total} body bytes exceeds {MAX_BATCH_BODY}"),
+        ));
+    }
+    let mut all = bytes::BytesMut::with_capacity(total as usize);
+    while let Some(chunk) = body.next_chunk().await.map_err(wire)? {
+        all.extend_from_slice(&chunk);
+    }
+    let mut all = all.freeze();
+    let applies = records.iter().map(|rec| {
+        let part = all.split_to((rec.body_len as usize).min(all.len()));
+        async move {
+            let mut body = BytesBody(Some(part));
+            apply(engine, repl, view, epoch, rec, &mut body).await
+        }
+    });
+    let results = futures::future::join_all(applies)
+        .await
+        .into_iter()
+        .map(|r| r.err())
+        .collect();
+    Ok(Reply::ReplicatedBatch {
+        results,
+        data_version: engine.data_version(),
+    })
 }
 
 /// The answer the master gave the client for the change `rec`.

@@ -125,7 +125,9 @@ fn gate(ctx: &ConnContext, env: &RequestEnvelope) -> Result<(), WireError> {
         return result;
     }
     match &env.op {
-        Request::Replicate(_) => return slave::admit(&ctx.cluster, env.epoch),
+        Request::Replicate(_) | Request::ReplicateBatch { .. } => {
+            return slave::admit(&ctx.cluster, env.epoch)
+        }
         Request::ReplLog { .. } | Request::ReplFetch { .. } | Request::ReplReady { .. } => {
             return match ctx.cluster.role() {
                 Role::Master { epoch, .. } if epoch == env.epoch => Ok(()),
@@ -425,6 +427,15 @@ async fn run_with_body<R: AsyncRead + Unpin + Send>(
                 ));
             };
             slave::apply(&ctx.engine, repl, &ctx.cluster, epoch, &rec, body).await
+        }
+        Request::ReplicateBatch { records } => {
+            let Some(repl) = &ctx.repl else {
+                return Err(WireError::new(
+                    ErrorCode::BadRequest,
+                    "this server is not in a cluster",
+                ));
+            };
+            slave::apply_batch(&ctx.engine, repl, &ctx.cluster, epoch, records, body).await
         }
         Request::AsyncPush {
             source,

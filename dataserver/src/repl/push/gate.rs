@@ -74,12 +74,13 @@ pub fn admit(
     };
     Some(match op {
         Request::Ping | Request::ListFiles { .. } => Ok(()),
-        Request::Replicate(_) | Request::ReplLog { .. } | Request::ReplReady { .. } => {
-            Err(WireError::new(
-                ErrorCode::BadRequest,
-                format!("group {group} replicates async: it takes no synchronous replication"),
-            ))
-        }
+        Request::Replicate(_)
+        | Request::ReplicateBatch { .. }
+        | Request::ReplLog { .. }
+        | Request::ReplReady { .. } => Err(WireError::new(
+            ErrorCode::BadRequest,
+            format!("group {group} replicates async: it takes no synchronous replication"),
+        )),
         _ if waiting => not_yet(),
         Request::AsyncOffer { source, .. } | Request::AsyncPush { source, .. } => {
             source_ok(map, me, group, *source)
