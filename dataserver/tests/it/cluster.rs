@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use proto::cluster::{ClusterMap, ServerId, ServerStatus};
-use proto::{ErrorCode, Message, Reply, Request, RequestEnvelope, WireError};
+use proto::{ErrorCode, Message, ReplOp, ReplRecord, Reply, Request, RequestEnvelope, WireError};
 use testkit::{Cluster, ClusterOpts, DataserverOpts};
 
 use crate::bad_input::{mount_tmpfs, Unmount};
@@ -360,6 +360,93 @@ async fn a_master_whose_disk_fails_is_replaced_by_its_slave() {
         .await
         .expect("the new master takes writes");
     assert!(s.file_id.starts_with("group1/"));
+}
+
+/// A slave takes replication batches only at its master's epoch, and
+/// refuses malformed ones (a body over the batch limit, sizes that overflow)
+/// without changing anything or going down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slave_refuses_bad_replication_batches_and_changes_nothing() {
+    let c = Cluster::start(fast(2));
+    let lc = c.leader_client();
+    let map = c
+        .wait_map(&lc, Duration::from_secs(20), "both ACTIVE", |m| {
+            all_active(m, &[1, 2])
+        })
+        .await;
+    let g = map.group("group1").expect("group1");
+    let (master, epoch) = (g.master.expect("a master"), g.epoch);
+    let slave = if master == 1 { 2 } else { 1 };
+    let (maddr, saddr) = (addr_of(&map, master), addr_of(&map, slave));
+    let kept = upload_ok(maddr, b"kept").await;
+    let version = |addr| async move {
+        match call_epoch(addr, Request::Ping, 0).await {
+            Ok(Reply::Pong { data_version, .. }) => data_version,
+            other => panic!("ping: {other:?}"),
+        }
+    };
+    let before = version(saddr).await;
+    let rec = |v: u64, body_len: u64| ReplRecord {
+        version: v,
+        file_id: kept.clone(),
+        op: ReplOp::Noop,
+        prev_version: 0,
+        file_version: v,
+        state: None,
+        body_len,
+        client_id: 0,
+        seq: 0,
+    };
+    let mut conn = RawConn::connect(saddr).await;
+    // An old epoch: refused, the body drained, the connection in step.
+    let batch = Request::ReplicateBatch {
+        records: vec![rec(before + 1, 3), rec(before + 2, 0)],
+    };
+    let e = conn
+        .try_call_at(0, batch, b"abc")
+        .await
+        .expect("answered")
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::StaleEpoch, "{e}");
+    // Over the batch limit at the right epoch: refused before applying.
+    let half = 5 << 20;
+    let batch = Request::ReplicateBatch {
+        records: vec![rec(before + 1, half), rec(before + 2, half)],
+    };
+    let big = vec![0u8; 2 * half as usize];
+    let e = conn
+        .try_call_at(epoch, batch, &big)
+        .await
+        .expect("answered")
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
+    assert!(matches!(
+        conn.try_call_at(epoch, Request::Ping, &[]).await,
+        Ok(Ok(Reply::Pong { .. }))
+    ));
+    // Sizes that overflow: too large, and the connection is closed.
+    let batch = Request::ReplicateBatch {
+        records: vec![
+            rec(before + 1, u64::MAX / 2 + 1),
+            rec(before + 2, u64::MAX / 2 + 1),
+        ],
+    };
+    let e = conn
+        .try_call_at(epoch, batch, &[])
+        .await
+        .expect("answered")
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::TooLarge, "{e}");
+
+    // Nothing changed; the slave is still ACTIVE and takes the next write.
+    assert_eq!(version(saddr).await, before);
+    let next = upload_ok(maddr, b"after").await;
+    let map = lc.get_map(true).await.expect("map");
+    assert_eq!(status_of(&map, slave), Some(ServerStatus::Active));
+    assert_eq!(version(saddr).await, before + 1);
+    let mut m = RawConn::connect(maddr).await;
+    assert_eq!(m.download(&kept).await.expect("kept"), b"kept");
+    assert_eq!(m.download(&next).await.expect("next"), b"after");
 }
 
 /// A master that cannot reach the leaders stops serving within its lease,

@@ -50,6 +50,16 @@ impl RawConn {
         op: Request,
         body: &[u8],
     ) -> Result<Result<Reply, WireError>, String> {
+        self.try_call_at(0, op, body).await
+    }
+
+    /// Like [`try_call`](Self::try_call), at group epoch `epoch`.
+    pub async fn try_call_at(
+        &mut self,
+        epoch: u64,
+        op: Request,
+        body: &[u8],
+    ) -> Result<Result<Reply, WireError>, String> {
         let id = self.next_id;
         self.next_id += 1;
         let has_body = op.body_len().is_some();
@@ -57,7 +67,7 @@ impl RawConn {
             id,
             client_id: 0,
             seq: 0,
-            epoch: 0,
+            epoch,
             op,
         };
         let io = |e: proto::FrameError| e.to_string();
