@@ -366,9 +366,15 @@ async fn async_members_take_writes_everywhere_and_converge() {
     };
     assert!(mark_b_for_a > 0);
     let mark_a_for_b = mark(&c.dataservers[0], 2).expect("A's mark for B on disk");
-    // A takes writes while B is away.
+    // A takes writes while B is away (OFFLINE in the map: otherwise the
+    // wait for ACTIVE below could see B's status from before it stopped,
+    // and write to it before it has joined again).
     let away = write_on(&a, 3, 10, &mut model_a).await;
     model.extend(model_a.clone());
+    c.wait_map(&lc, Duration::from_secs(20), "B OFFLINE", |m| {
+        status(m, 2) == Some(ServerStatus::Offline)
+    })
+    .await;
     tokio::task::block_in_place(|| c.dataservers[1].restart());
     c.wait_map(&lc, Duration::from_secs(20), "B back to ACTIVE", |m| {
         all_active(m, 2)
