@@ -276,8 +276,8 @@ fn seg_path(dir: &Path, first: u64) -> PathBuf {
 pub(crate) struct Recovered {
     /// Last valid version (0 if none).
     pub last: u64,
-    /// The last segment and its valid length.
-    pub tail: Option<(PathBuf, u64)>,
+    /// The last segment, its valid length and its first version.
+    pub tail: Option<(PathBuf, u64, u64)>,
 }
 
 /// Read the whole binlog, cut a torn tail, and feed every record with a
@@ -339,7 +339,7 @@ pub(crate) fn recover(
             file.sync_all()?;
             cut_rest = true;
         }
-        tail = Some((path.clone(), valid as u64));
+        tail = Some((path.clone(), valid as u64, *first));
     }
     if cut_rest {
         disk::sync_dir(dir)?;
@@ -514,18 +514,11 @@ fn check_expected(st: &State, expect: Option<u64>) -> io::Result<()> {
 impl Binlog {
     /// Start appending after recovery; `next` is the first version to hand out.
     pub fn start(dir: &Path, disk: DiskThread, rec: &Recovered, next: u64) -> io::Result<Binlog> {
-        let tail = rec.tail.as_ref().and_then(|(path, len)| {
-            let first = path
-                .file_name()?
-                .to_str()?
-                .strip_prefix("binlog.")?
-                .parse::<u64>()
-                .ok()?;
-            (*len < SEGMENT_MAX).then_some((path, *len, first))
-        });
-        let (seg, offset, seg_first) = match tail {
-            Some((path, len, first)) => (open_append(path, false)?, len, first),
-            None => {
+        let (seg, offset, seg_first) = match &rec.tail {
+            Some((path, len, first)) if *len < SEGMENT_MAX => {
+                (open_append(path, false)?, *len, *first)
+            }
+            _ => {
                 let f = open_append(&seg_path(dir, next), true)?;
                 f.set_len(0)?;
                 disk::sync_dir(dir)?;
@@ -803,14 +796,8 @@ fn read_from(path: &Path, offset: u64, end: Option<u64>) -> io::Result<Vec<u8>> 
     let mut f = File::open(path)?;
     f.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::new();
-    match end {
-        Some(end) => {
-            f.take(end.saturating_sub(offset)).read_to_end(&mut buf)?;
-        }
-        None => {
-            f.read_to_end(&mut buf)?;
-        }
-    }
+    f.take(end.map_or(u64::MAX, |e| e.saturating_sub(offset)))
+        .read_to_end(&mut buf)?;
     Ok(buf)
 }
 

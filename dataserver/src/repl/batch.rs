@@ -51,9 +51,13 @@ impl Batcher {
     /// must start a sender that yields once, then [`Batcher::take`]s.
     pub fn push(&self, addr: &str, item: Item) -> bool {
         let mut queues = self.queues.lock();
-        let q = queues.entry(addr.to_string()).or_default();
-        q.push(item);
-        q.len() == 1
+        // The queue exists while a sender is due: no key to allocate then.
+        if let Some(q) = queues.get_mut(addr) {
+            q.push(item);
+            return false;
+        }
+        queues.insert(addr.to_string(), vec![item]);
+        true
     }
 
     /// Everything queued for `addr`, in version order, cut into frames
