@@ -475,6 +475,19 @@ impl Worker {
                     self.poison(f, e);
                 }
             }
+            // Once any sync failed (here, or on another thread that may have
+            // been the one told of a failed writeback of these pages: the
+            // kernel reports it once per open file), nothing is reported
+            // durable any more.
+            if self.poisoned.load(Ordering::Acquire) {
+                for (i, w) in batch.iter().enumerate() {
+                    if w.sync && results[i].is_ok() {
+                        results[i] = Err(io::Error::other(
+                            "an earlier fdatasync failed; nothing is made durable any more",
+                        ));
+                    }
+                }
+            }
         }
         for (w, r) in batch.into_iter().zip(results) {
             let WriteReq {
@@ -889,5 +902,43 @@ mod tests {
     async fn writes_land_with_uring_or_fallback() {
         roundtrip(true).await;
         roundtrip(false).await;
+    }
+
+    /// After a failed sync (here the flag another thread would have set),
+    /// a write that asks for durability fails even though its own
+    /// fdatasync succeeded: the kernel reports a failed writeback once per
+    /// open file, possibly to the other thread. Writes that ask for none
+    /// still land.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_is_durable_after_a_failed_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = Arc::new(std::fs::File::create(dir.path().join("f")).unwrap());
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let t = DiskThread::spawn(
+            "p",
+            probe_io_uring(),
+            FsyncPolicy::Always,
+            Duration::from_millis(10),
+            Arc::new(DiskStats::default()),
+            poisoned.clone(),
+        )
+        .unwrap();
+        t.write(&f, vec![(0, Bytes::from_static(b"before"))], true)
+            .await
+            .unwrap();
+        poisoned.store(true, Ordering::Release);
+        let err = t
+            .write(&f, vec![(6, Bytes::from_static(b"after"))], true)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("nothing is made durable"), "{err}");
+        t.write(&f, vec![(11, Bytes::from_static(b"!"))], false)
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read(dir.path().join("f")).unwrap(),
+            b"beforeafter!"
+        );
+        t.stop();
     }
 }
