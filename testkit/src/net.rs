@@ -1,11 +1,45 @@
 //! Loopback addresses and liveness probes.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Mutex;
 use std::time::Duration;
 
-/// A free loopback port (bound then released).
+/// A free loopback port for a server to listen on later. Taken below the
+/// kernel's ephemeral range (so no outgoing connection takes it meanwhile),
+/// never the same twice in this process, and bindable when handed out.
+/// Falls back to an ephemeral port when there is no room below the range.
 pub fn free_addr() -> SocketAddr {
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    const LOW: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral > LOW + 1000 {
+        let span = ephemeral - LOW;
+        let mut x = std::process::id()
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        let given = given.get_or_insert_with(HashSet::new);
+        for _ in 0..1000 {
+            // xorshift32
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let port = (LOW + x % span) as u16;
+            if given.contains(&port) {
+                continue;
+            }
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+                given.insert(port);
+                return l.local_addr().expect("local_addr");
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local_addr")
 }

@@ -347,6 +347,42 @@ pub(crate) fn recover(
     Ok(Recovered { last, tail })
 }
 
+/// Drop every record above version `keep` (a rollback to the group's
+/// history, see `rollback.rs`): segments after the one holding `keep + 1`
+/// are removed (newest first), then that one is cut before it (removed
+/// when it starts there). Returns the records dropped. Repeating it after
+/// a crash midway drops the rest; the log is a prefix throughout.
+pub(crate) fn cut_after(dir: &Path, keep: u64) -> io::Result<Vec<BinlogRecord>> {
+    let mut dropped = Vec::new();
+    let mut cut: Option<(PathBuf, u64)> = None;
+    recover(dir, keep, |r, path| {
+        if cut.is_none() {
+            cut = Some((path.to_path_buf(), r.at));
+        }
+        dropped.push(r);
+    })?;
+    let Some((path, at)) = cut else {
+        return Ok(dropped);
+    };
+    for (_, later) in segments(dir)?.iter().rev().filter(|(_, p)| *p > path) {
+        std::fs::remove_file(later)?;
+    }
+    if at == 0 {
+        std::fs::remove_file(&path)?;
+    } else {
+        let f = OpenOptions::new().write(true).open(&path)?;
+        f.set_len(at)?;
+        f.sync_all()?;
+    }
+    disk::sync_dir(dir)?;
+    Ok(dropped)
+}
+
+/// The first version the log holds (`None`: no segment).
+pub(crate) fn first_version(dir: &Path) -> io::Result<Option<u64>> {
+    Ok(segments(dir)?.first().map(|(first, _)| *first))
+}
+
 const VOID_INTENT: &str = "void.intent";
 const VOID_INTENT_TMP: &str = "void.intent.tmp";
 const VOID_MAGIC: &[u8; 8] = b"CHVOID01";

@@ -288,20 +288,23 @@ pub(crate) async fn crc_range(
     len: u64,
 ) -> Result<crc32fast::Hasher, EngineError> {
     let f = file.clone();
-    blocking(move || {
-        let mut h = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; FLUSH.min(len as usize)];
-        let mut done = 0u64;
-        while done < len {
-            let k = (len - done).min(buf.len() as u64) as usize;
-            f.read_exact_at(&mut buf[..k], off + done)?;
-            h.update(&buf[..k]);
-            done += k as u64;
-        }
-        Ok::<_, std::io::Error>(h)
-    })
-    .await?
-    .ctx(|| format!("reading {len} bytes at {off} for a checksum"))
+    blocking(move || crc_of(&f, off, len))
+        .await?
+        .ctx(|| format!("reading {len} bytes at {off} for a checksum"))
+}
+
+/// crc32 hasher state of `len` bytes at `off`, read here (blocking).
+pub(crate) fn crc_of(f: &File, off: u64, len: u64) -> std::io::Result<crc32fast::Hasher> {
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; FLUSH.min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let k = (len - done).min(buf.len() as u64) as usize;
+        f.read_exact_at(&mut buf[..k], off + done)?;
+        h.update(&buf[..k]);
+        done += k as u64;
+    }
+    Ok(h)
 }
 
 /// A hasher for `len` bytes whose crc is `crc` (for `combine`).

@@ -757,6 +757,30 @@ pub(crate) fn sync_dir(dir: &std::path::Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Replace `dir/name` with `bytes` durably: a `.tmp` sibling written and
+/// fsynced, renamed over it, the directory fsynced.
+pub(crate) fn replace_file(dir: &std::path::Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)
+}
+
+/// Remove `dir/name` durably; absent already is fine.
+pub(crate) fn remove_file(dir: &std::path::Path, name: &str) -> io::Result<()> {
+    match std::fs::remove_file(dir.join(name)) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

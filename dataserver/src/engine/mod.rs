@@ -14,7 +14,8 @@
 //! * [`content`]: body streaming, buffered writes, verified reads;
 //! * [`dio`]: aligned buffers and O_DIRECT writes of new records;
 //! * [`write`]: the mutating operations; [`read`]: downloads;
-//! * [`recovery`]: opening the engine; [`lanes`]: per-file ordering.
+//! * [`recovery`]: opening the engine; [`lanes`]: per-file ordering;
+//! * [`rollback`]: dropping versions past the group's history at open.
 //!
 //! Durability and crash safety are described in `docs/ARCHITECTURE.md`
 //! (storage engine section) and in the comments of [`write`].
@@ -34,6 +35,7 @@ mod pushed;
 mod read;
 mod recovery;
 mod replica;
+mod rollback;
 mod space;
 mod write;
 
@@ -43,6 +45,8 @@ mod dio_tests;
 mod pushed_tests;
 #[cfg(test)]
 mod replica_tests;
+#[cfg(test)]
+mod rollback_tests;
 #[cfg(test)]
 mod tests;
 
@@ -60,6 +64,7 @@ pub use dio::RecvBuf;
 pub use error::EngineError;
 pub use pushed::{PushOutcome, Snapshot};
 pub use replica::{Content, HookFuture, ReplicateHook};
+pub use rollback::{request as request_rollback, RolledBack};
 pub(crate) use write::now_us;
 
 use replica::Origin;
@@ -168,6 +173,10 @@ pub struct Engine {
     ckpt_thread: Mutex<Option<recovery::CheckpointThread>>,
     /// Replicates local changes before they are published (sync masters).
     hook: RwLock<Option<Arc<dyn ReplicateHook>>>,
+    /// What a rollback asked for before this open did.
+    rolled_back: Option<RolledBack>,
+    /// See [`Engine::voided_from`].
+    voided: Mutex<Option<u64>>,
 }
 
 impl Engine {
@@ -388,6 +397,33 @@ impl Engine {
             writes: self.stats.writes.load(Ordering::Relaxed),
             batches: self.stats.batches.load(Ordering::Relaxed),
         }
+    }
+
+    /// What the rollback asked for before this open did (`None`: none was).
+    /// Broken files mean the server must re-copy everything.
+    pub fn rolled_back(&self) -> Option<&RolledBack> {
+        self.rolled_back.as_ref()
+    }
+
+    /// The lowest version a recovery voided here (a record whose data never
+    /// became durable, after a power loss) and that no rollback has dropped
+    /// since: a member of a sync group trusts its history only below it,
+    /// since the group may have a real change at that number.
+    pub fn voided_from(&self) -> Option<u64> {
+        *self.voided.lock()
+    }
+
+    /// This server's history became the group's (it is the master now):
+    /// versions voided here are the group's too (blocking file I/O, only
+    /// when there is something to forget).
+    pub fn forget_voided(&self) -> Result<(), EngineError> {
+        let mut v = self.voided.lock();
+        if v.is_some() {
+            rollback::forget_voided(&self.cfg.meta_dir)
+                .map_err(|e| EngineError::io("removing meta/VOIDED", e))?;
+            *v = None;
+        }
+        Ok(())
     }
 
     /// Whether a failed disk write has poisoned the engine.

@@ -26,10 +26,12 @@ use tracing::{error, info, warn};
 use super::binlog::{self, op, Binlog, BinlogRecord};
 use super::checkpoint;
 use super::chunk::{chunk_name, open_rw, parse_chunk_name, Store, HEADER_LEN};
+use super::content;
 use super::disk::{self, probe_io_uring, DiskStats, DiskThread};
 use super::error::{EngineError, IoContext};
 use super::index::{IndexMap, Loc};
 use super::lanes::Lanes;
+use super::rollback;
 use super::space::{Alloc, Extent, FreeList, FsSpace};
 use super::write::{decode_patch_header, patch_path, PATCH_HEADER};
 use super::{Engine, EngineConfig};
@@ -80,6 +82,9 @@ pub(crate) fn open(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
     let poisoned = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(DiskStats::default());
     let interval = Duration::from_millis(cfg.fsync_interval_ms.max(1));
+
+    // 0. A rollback asked for cuts the log first (see `rollback.rs`).
+    let rollback = rollback::prepare(&cfg.meta_dir, &bdir)?;
 
     // 1. Index: checkpoint + binlog tail.
     let (safe, mut map) = checkpoint::load(&cfg.meta_dir)
@@ -135,6 +140,10 @@ pub(crate) fn open(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
     for s in &stores {
         remove_orphans(&cfg.group, s, &map);
     }
+    let rolled_back = match rollback {
+        Some(p) => Some(rollback::finish(&cfg.meta_dir, p, &map, &stores)?),
+        None => None,
+    };
 
     // 3. Binlog writer.
     let bdisk = DiskThread::spawn(
@@ -148,6 +157,7 @@ pub(crate) fn open(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
     .ctx(|| "starting the binlog disk thread".into())?;
     let blog = Binlog::start(&bdir, bdisk, &rec, next).ctx(|| "opening the binlog".into())?;
 
+    let voided_from = rollback::voided(&cfg.meta_dir);
     let engine = Arc::new(Engine {
         lanes: Lanes::new(cfg.lanes),
         cfg,
@@ -161,6 +171,8 @@ pub(crate) fn open(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
         ckpt_lock: Mutex::new(()),
         ckpt_thread: Mutex::new(None),
         hook: RwLock::new(None),
+        voided: Mutex::new(voided_from),
+        rolled_back,
     });
     let t = spawn_checkpointer(Arc::downgrade(&engine))
         .ctx(|| "starting the checkpoint thread".into())?;
@@ -194,7 +206,8 @@ fn apply(map: &mut IndexMap, patches: &mut HashMap<u64, (String, u64)>, r: Binlo
 /// may not have become durable): per file, the newest record whose data
 /// verifies (or that carries no small-file data) is its final state; every
 /// newer record of that file is voided in the log, older ones are replayed
-/// as superseded history. Returns how many records were voided.
+/// as superseded history. Returns how many records were voided; the lowest
+/// voided version is noted (`rollback::note_voided`).
 fn settle_tail(
     cfg: &EngineConfig,
     bdir: &Path,
@@ -234,6 +247,17 @@ fn settle_tail(
             frames.push((path.clone(), r.at, frame));
         }
     }
+    // Noted before the voids are made durable: a crash in between voids
+    // them again at the next start, never the other way round.
+    if let Some(low) = tail
+        .iter()
+        .zip(&void)
+        .filter(|(_, v)| **v)
+        .map(|((r, _), _)| r.version)
+        .min()
+    {
+        rollback::note_voided(&cfg.meta_dir, low).ctx(|| "noting voided versions".into())?;
+    }
     binlog::void_frames(bdir, &frames).ctx(|| "voiding binlog records".into())?;
     for (i, (r, _)) in tail.into_iter().enumerate() {
         if !void[i] {
@@ -267,20 +291,7 @@ fn data_intact(
         .entry((store, chunk))
         .or_insert_with(|| std::fs::File::open(root.join("chunks").join(chunk_name(chunk))).ok());
     let Some(f) = f else { return false };
-    let mut h = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; (state.size as usize).min(1 << 20)];
-    let mut done = 0u64;
-    while done < state.size {
-        let k = (state.size - done).min(buf.len() as u64) as usize;
-        if f.read_exact_at(&mut buf[..k], offset + HEADER_LEN + done)
-            .is_err()
-        {
-            return false;
-        }
-        h.update(&buf[..k]);
-        done += k as u64;
-    }
-    h.finalize() == state.crc32
+    content::crc_of(f, offset + HEADER_LEN, state.size).is_ok_and(|h| h.finalize() == state.crc32)
 }
 
 fn spawn_checkpointer(weak: Weak<Engine>) -> std::io::Result<CheckpointThread> {

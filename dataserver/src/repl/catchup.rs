@@ -6,8 +6,11 @@
 //! * SYNCING / RECOVERING: first the history check — a server that last
 //!   took writes in an older epoch and holds versions past the point the
 //!   next epoch started (`GroupInfo::divergence_point`) may hold writes
-//!   nobody acknowledged: it wipes its store and re-copies everything
-//!   ([`super::wipe`]). Then catch up: list the master's binlog from the
+//!   nobody acknowledged (so may one whose recovery voided a version the
+//!   group may have, `Engine::voided_from`): it restarts to drop the versions past that point
+//!   (`engine::rollback`; a file they left broken, or no shared history at
+//!   all, means wiping the store to re-copy everything, [`super::wipe`]).
+//!   Then catch up: list the master's binlog from the
 //!   next version here and apply each version in turn ([`super::pull`]).
 //!   Caught up: report ONLINE.
 //! * ONLINE: the master now sends live writes too; fill any gap, then ask
@@ -142,6 +145,12 @@ impl CatchUp {
         }
         let (epoch, master) = match role {
             Role::Master { epoch, .. } => {
+                // Its history is the group's now, voided versions included.
+                let engine = self.engine.clone();
+                tokio::task::spawn_blocking(move || engine.forget_voided())
+                    .await
+                    .map_err(|e| format!("forgetting voided versions: {e}"))?
+                    .map_err(|e| e.to_string())?;
                 return self.repl.start_epoch(&self.engine, epoch).await;
             }
             Role::Slave {
@@ -157,15 +166,35 @@ impl CatchUp {
                 if let Some(g) = map.as_ref().and_then(|m| m.group(&self.group)) {
                     let last_epoch = self.repl.epoch_file().get();
                     let mine = self.engine.next_version() - 1;
-                    if let Some(point) = g.divergence_point(last_epoch) {
+                    // Trusted history: up to where the group's went on
+                    // without this server, and below any version a
+                    // recovery voided here (the group may have a real
+                    // change at that number).
+                    let trusted = [
+                        g.divergence_point(last_epoch),
+                        self.engine.voided_from().map(|v| v.saturating_sub(1)),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                    if let Some(point) = trusted {
+                        if mine > point && point == 0 {
+                            warn!(
+                                last_epoch,
+                                mine,
+                                "this server may hold writes the group never acknowledged, and no history is shared: wiping it to copy everything again"
+                            );
+                            return Err(wipe::wipe_and_restart(&self.wipe));
+                        }
                         if mine > point {
                             warn!(
                                 last_epoch,
                                 mine,
                                 point,
-                                "this server may hold writes the group never acknowledged: wiping it to copy everything again"
+                                voided = ?self.engine.voided_from(),
+                                "this server may hold writes the group never acknowledged: rolling back to the shared history"
                             );
-                            return Err(wipe::wipe_and_restart(&self.wipe));
+                            return Err(wipe::roll_back_and_restart(&self.wipe, point));
                         }
                     }
                 }

@@ -1,5 +1,7 @@
 //! Wiping a server's store to copy everything again (a server whose
-//! history diverged from the group's).
+//! history diverged from the group's and cannot just drop the versions
+//! past the shared part: see `engine::rollback`), and restarting for a
+//! rollback.
 //!
 //! The wipe is crash-safe and happens before the engine opens: a durable
 //! marker `meta/WIPE` is written, the process re-executes itself (same pid,
@@ -23,15 +25,31 @@ pub fn wipe_and_restart(plan: &WipePlan) -> String {
     if let Err(e) = write_marker(&plan.meta_dir) {
         return format!("writing the wipe marker: {e}");
     }
+    restart("wipe the store")
+}
+
+/// Ask the engine to roll back to version `keep` (see
+/// `engine::request_rollback`) and re-execute this process. Returns only on
+/// failure (as the error text).
+pub fn roll_back_and_restart(plan: &WipePlan, keep: u64) -> String {
+    if let Err(e) = crate::engine::request_rollback(&plan.meta_dir, keep) {
+        return format!("writing the rollback marker: {e}");
+    }
+    restart("roll back")
+}
+
+/// Re-execute this process (same pid, same arguments), to `why` at start.
+/// Returns only on failure (as the error text).
+fn restart(why: &str) -> String {
     use std::os::unix::process::CommandExt;
     let exe = match std::env::current_exe() {
         Ok(e) => e,
         Err(e) => return format!("finding this executable: {e}"),
     };
     let args: Vec<_> = std::env::args_os().skip(1).collect();
-    tracing::warn!("restarting to wipe the store");
+    tracing::warn!("restarting to {why}");
     let err = std::process::Command::new(exe).args(args).exec();
-    format!("re-executing for the wipe: {err}")
+    format!("re-executing to {why}: {err}")
 }
 
 fn write_marker(meta: &Path) -> std::io::Result<()> {

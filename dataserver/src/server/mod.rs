@@ -93,6 +93,14 @@ impl Server {
         let engine = tokio::task::spawn_blocking(move || Engine::open(engine_cfg))
             .await
             .map_err(|e| EngineError::Internal(format!("engine open task failed: {e}")))??;
+        if let Some(r) = engine.rolled_back().filter(|r| !r.broken.is_empty()) {
+            tracing::warn!(
+                kept = r.kept,
+                broken = r.broken.len(),
+                "a rollback left files that no longer match their kept state: wiping the store to copy everything again"
+            );
+            return Err(EngineError::Internal(wipe::wipe_and_restart(&wipe)).into());
+        }
         let listener = bind(cfg.listen).await?;
         let id = u64::from(cfg.server_id);
         let (view, agent) = if cfg.clustered() {

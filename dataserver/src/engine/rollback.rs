@@ -1,0 +1,225 @@
+//! Rolling this server back to the group's history: a server that holds
+//! versions past the point where its group's history went on without it
+//! (a master killed with writes its slaves never took; see
+//! `GroupInfo::divergence_point`) drops those versions instead of
+//! re-copying the whole group.
+//!
+//! Asked for with a durable marker `meta/ROLLBACK` (the version to keep)
+//! before a restart; done when the engine opens, before anything is read:
+//!
+//! 1. the file ids the later records touched are added to the marker
+//!    (durably), then the binlog is cut after the kept version and an index
+//!    checkpoint that reflects later changes is removed (the whole log is
+//!    replayed instead, so the index is the one at the kept version);
+//! 2. the engine opens as usual: space the dropped versions took is free
+//!    again (rebuilt from the index), their large files are orphans and go;
+//! 3. every touched file the kept history still has is checked against its
+//!    crc32. The dropped versions never overwrite a kept byte in place
+//!    except through space they freed (a file they modified or deleted,
+//!    whose old extent they may have reused) and large-file patches and
+//!    truncates: such a file no longer matches. All intact: the marker goes
+//!    and catch-up copies the group's versions from the next one on. Any
+//!    broken: the marker stays and the server must re-copy everything
+//!    (see `repl::wipe`), which a restart before that would find again.
+//!
+//! A crash at any step redoes the rollback from the marker: the ids are
+//! kept in it before the log is cut, and cutting a cut log changes nothing.
+
+use std::collections::BTreeSet;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::Arc;
+
+use proto::FileId;
+use tracing::{info, warn};
+
+use super::binlog;
+use super::checkpoint;
+use super::chunk::{Store, HEADER_LEN};
+use super::content::crc_of;
+use super::disk;
+use super::error::{EngineError, IoContext};
+use super::index::{Entry, IndexMap, Loc};
+
+const MARKER: &str = "ROLLBACK";
+/// The lowest version recovery voided that the group may have otherwise.
+const VOIDED: &str = "VOIDED";
+
+/// What a rollback at open did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledBack {
+    /// The version kept: the log ends there.
+    pub kept: u64,
+    /// Files the dropped versions touched (at this open and any interrupted
+    /// one before it).
+    pub touched: usize,
+    /// Touched files whose kept state no longer matches its data: the
+    /// server must re-copy everything.
+    pub broken: Vec<String>,
+}
+
+/// A rollback being done: the marker's content.
+pub(crate) struct Pending {
+    kept: u64,
+    touched: BTreeSet<String>,
+}
+
+/// Ask for a rollback to `keep` at the next open (durable when it returns).
+pub fn request(meta_dir: &Path, keep: u64) -> io::Result<()> {
+    write_marker(meta_dir, keep, &BTreeSet::new())
+}
+
+fn write_marker(meta_dir: &Path, keep: u64, touched: &BTreeSet<String>) -> io::Result<()> {
+    let mut text = format!("{keep}\n");
+    for id in touched {
+        text.push_str(id);
+        text.push('\n');
+    }
+    disk::replace_file(meta_dir, MARKER, text.as_bytes())
+}
+
+fn read_marker(meta_dir: &Path) -> Result<Option<Pending>, EngineError> {
+    let path = meta_dir.join(MARKER);
+    let mut text = String::new();
+    match std::fs::File::open(&path) {
+        Ok(mut f) => {
+            f.read_to_string(&mut text)
+                .ctx(|| format!("reading {}", path.display()))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(EngineError::io(format!("opening {}", path.display()), e)),
+    }
+    let mut lines = text.lines();
+    let kept = lines
+        .next()
+        .and_then(|l| l.trim().parse::<u64>().ok())
+        .ok_or_else(|| {
+            EngineError::Corrupt(format!(
+                "{}: first line is not a version; remove the file to start without the rollback",
+                path.display()
+            ))
+        })?;
+    let touched = lines
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    Ok(Some(Pending { kept, touched }))
+}
+
+/// Step 1 (before the index is loaded): cut the log after the kept
+/// version. `None` when no rollback was asked for.
+pub(crate) fn prepare(meta_dir: &Path, bdir: &Path) -> Result<Option<Pending>, EngineError> {
+    let Some(mut p) = read_marker(meta_dir)? else {
+        return Ok(None);
+    };
+    let mut later = Vec::new();
+    binlog::recover(bdir, p.kept, |r, _| later.push(r))
+        .ctx(|| "reading the binlog to roll back".into())?;
+    let before = p.touched.len();
+    p.touched.extend(
+        later
+            .iter()
+            .filter(|r| !r.file_id.is_empty())
+            .map(|r| r.file_id.clone()),
+    );
+    if p.touched.len() > before {
+        write_marker(meta_dir, p.kept, &p.touched)
+            .ctx(|| "recording the files a rollback touches".into())?;
+    }
+    let dropped = binlog::cut_after(bdir, p.kept).ctx(|| "cutting the binlog".into())?;
+    let ckpt = checkpoint::remove_if_past(meta_dir, p.kept)
+        .ctx(|| "removing a checkpoint past the rollback".into())?;
+    if ckpt && p.kept > 0 && binlog::first_version(bdir).ok().flatten() != Some(1) {
+        // Without the checkpoint the index comes from the log alone.
+        return Err(EngineError::Corrupt(format!(
+            "rolling back to version {} needs the whole binlog, which does not start at version 1",
+            p.kept
+        )));
+    }
+    warn!(
+        kept = p.kept,
+        dropped = dropped.len(),
+        touched = p.touched.len(),
+        checkpoint_removed = ckpt,
+        "rolling back to the group's history: versions after the kept one dropped"
+    );
+    Ok(Some(p))
+}
+
+/// Step 3 (once the index is rebuilt and the stores are open): check the
+/// touched files the kept history has; the marker goes when all are intact.
+pub(crate) fn finish(
+    meta_dir: &Path,
+    p: Pending,
+    map: &IndexMap,
+    stores: &[Store],
+) -> Result<RolledBack, EngineError> {
+    let mut broken = Vec::new();
+    for s in &p.touched {
+        let Ok(id) = FileId::parse(s) else { continue };
+        let Some(e) = map.get(&id) else { continue };
+        if !intact(&id, e, stores) {
+            warn!(file = %s, version = e.version, "a rolled-back file no longer matches its kept state");
+            broken.push(s.clone());
+        }
+    }
+    if broken.is_empty() {
+        if voided(meta_dir).is_some_and(|v| v > p.kept) {
+            disk::remove_file(meta_dir, VOIDED).ctx(|| "removing meta/VOIDED".into())?;
+        }
+        disk::remove_file(meta_dir, MARKER).ctx(|| "removing meta/ROLLBACK".into())?;
+        info!(
+            kept = p.kept,
+            touched = p.touched.len(),
+            "rolled back: every touched file matches its kept state"
+        );
+    }
+    Ok(RolledBack {
+        kept: p.kept,
+        touched: p.touched.len(),
+        broken,
+    })
+}
+
+/// Whether `e`'s bytes on disk still have its crc32.
+fn intact(id: &FileId, e: &Entry, stores: &[Store]) -> bool {
+    let Some(store) = stores.get(e.loc.store() as usize) else {
+        return false;
+    };
+    let (file, base) = match e.loc {
+        Loc::Small { chunk, offset, .. } => match store.chunk(chunk) {
+            Ok(f) => (f, offset + HEADER_LEN),
+            Err(_) => return false,
+        },
+        Loc::Large { .. } => match std::fs::File::open(store.large_path(id)) {
+            Ok(f) => (Arc::new(f), 0),
+            Err(_) => return false,
+        },
+    };
+    crc_of(&file, base, e.size).is_ok_and(|h| h.finalize() == e.crc32)
+}
+
+/// Note that recovery voided version `v` (a record whose data never became
+/// durable): on a member of a sync group, the group may have a real change
+/// at that number, so this server's history is only trusted below it
+/// (`meta/VOIDED` keeps the lowest such version until a rollback drops it
+/// or this server's history becomes the group's). Returns the version now
+/// noted.
+pub(crate) fn note_voided(meta_dir: &Path, v: u64) -> io::Result<u64> {
+    let low = voided(meta_dir).map_or(v, |old| old.min(v));
+    disk::replace_file(meta_dir, VOIDED, format!("{low}\n").as_bytes())?;
+    Ok(low)
+}
+
+/// The version [`note_voided`] keeps, if any.
+pub(crate) fn voided(meta_dir: &Path) -> Option<u64> {
+    std::fs::read_to_string(meta_dir.join(VOIDED))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// This server's history is the group's (it became master): forget it.
+pub(crate) fn forget_voided(meta_dir: &Path) -> io::Result<()> {
+    disk::remove_file(meta_dir, VOIDED)
+}
