@@ -44,29 +44,28 @@ pub(crate) fn write(dir: &Path, safe_version: u64, entries: &[(FileId, Entry)]) 
     disk::sync_dir(dir)
 }
 
-/// Remove the checkpoint if it reflects changes above `keep` (a rollback:
-/// the whole binlog up to `keep` is replayed instead). Returns whether it
-/// did.
-pub(crate) fn remove_if_past(dir: &Path, keep: u64) -> io::Result<bool> {
-    let path = dir.join(NAME);
+/// Whether a checkpoint is present that reflects changes above `keep` (or
+/// is unreadable, which [`load`] would ignore): a rollback to `keep` must
+/// then replay the whole binlog instead.
+pub(crate) fn is_past(dir: &Path, keep: u64) -> io::Result<bool> {
     let mut head = [0u8; 16];
-    match std::fs::File::open(&path) {
+    match std::fs::File::open(dir.join(NAME)) {
         Ok(f) => {
             use std::os::unix::fs::FileExt;
             if f.read_exact_at(&mut head, 0).is_ok() && &head[..8] == MAGIC {
-                let safe = u64::from_le_bytes(head[8..16].try_into().unwrap_or([0; 8]));
-                if safe <= keep {
-                    return Ok(false);
-                }
+                let safe = u64::from_le_bytes(head[8..16].try_into().unwrap_or([0xff; 8]));
+                return Ok(safe > keep);
             }
+            Ok(true)
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
-    // Past `keep`, or unreadable (which `load` would ignore anyway).
-    std::fs::remove_file(&path)?;
-    disk::sync_dir(dir)?;
-    Ok(true)
+}
+
+/// Remove the checkpoint (the whole binlog is replayed at the next open).
+pub(crate) fn remove(dir: &Path) -> io::Result<()> {
+    disk::remove_file(dir, NAME)
 }
 
 /// Load the checkpoint; `None` when there is none or it is unusable (then

@@ -22,6 +22,10 @@
 //!    broken: the marker stays and the server must re-copy everything
 //!    (see `repl::wipe`), which a restart before that would find again.
 //!
+//! When the index at the kept version cannot be rebuilt (a checkpoint past
+//! it and a binlog that no longer starts at version 1) nothing is changed
+//! and the server must re-copy everything too.
+//!
 //! A crash at any step redoes the rollback from the marker: the ids are
 //! kept in it before the log is cut, and cutting a cut log changes nothing.
 
@@ -56,12 +60,27 @@ pub struct RolledBack {
     /// Touched files whose kept state no longer matches its data: the
     /// server must re-copy everything.
     pub broken: Vec<String>,
+    /// The history before the kept version is no longer here (see
+    /// `Pending`): nothing was rolled back; the server must re-copy
+    /// everything.
+    pub history_missing: bool,
+}
+
+impl RolledBack {
+    /// Whether the server must wipe its store and re-copy everything.
+    pub fn must_recopy(&self) -> bool {
+        self.history_missing || !self.broken.is_empty()
+    }
 }
 
 /// A rollback being done: the marker's content.
 pub(crate) struct Pending {
     kept: u64,
     touched: BTreeSet<String>,
+    /// The index at the kept version cannot be rebuilt (the checkpoint is
+    /// past it and the binlog no longer starts at version 1): nothing was
+    /// changed, and the server must re-copy everything.
+    history_missing: bool,
 }
 
 /// Ask for a rollback to `keep` at the next open (durable when it returns).
@@ -104,7 +123,11 @@ fn read_marker(meta_dir: &Path) -> Result<Option<Pending>, EngineError> {
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect();
-    Ok(Some(Pending { kept, touched }))
+    Ok(Some(Pending {
+        kept,
+        touched,
+        history_missing: false,
+    }))
 }
 
 /// Step 1 (before the index is loaded): cut the log after the kept
@@ -113,6 +136,16 @@ pub(crate) fn prepare(meta_dir: &Path, bdir: &Path) -> Result<Option<Pending>, E
     let Some(mut p) = read_marker(meta_dir)? else {
         return Ok(None);
     };
+    let replay_all =
+        checkpoint::is_past(meta_dir, p.kept).ctx(|| "reading the checkpoint's version".into())?;
+    if replay_all && binlog::first_version(bdir).ok().flatten() != Some(1) {
+        warn!(
+            kept = p.kept,
+            "cannot roll back: the checkpoint is past the kept version and the binlog no longer reaches back to version 1"
+        );
+        p.history_missing = true;
+        return Ok(Some(p));
+    }
     let mut later = Vec::new();
     binlog::recover(bdir, p.kept, |r, _| later.push(r))
         .ctx(|| "reading the binlog to roll back".into())?;
@@ -128,20 +161,14 @@ pub(crate) fn prepare(meta_dir: &Path, bdir: &Path) -> Result<Option<Pending>, E
             .ctx(|| "recording the files a rollback touches".into())?;
     }
     let dropped = binlog::cut_after(bdir, p.kept).ctx(|| "cutting the binlog".into())?;
-    let ckpt = checkpoint::remove_if_past(meta_dir, p.kept)
-        .ctx(|| "removing a checkpoint past the rollback".into())?;
-    if ckpt && p.kept > 0 && binlog::first_version(bdir).ok().flatten() != Some(1) {
-        // Without the checkpoint the index comes from the log alone.
-        return Err(EngineError::Corrupt(format!(
-            "rolling back to version {} needs the whole binlog, which does not start at version 1",
-            p.kept
-        )));
+    if replay_all {
+        checkpoint::remove(meta_dir).ctx(|| "removing a checkpoint past the rollback".into())?;
     }
     warn!(
         kept = p.kept,
         dropped = dropped.len(),
         touched = p.touched.len(),
-        checkpoint_removed = ckpt,
+        checkpoint_removed = replay_all,
         "rolling back to the group's history: versions after the kept one dropped"
     );
     Ok(Some(p))
@@ -155,6 +182,14 @@ pub(crate) fn finish(
     map: &IndexMap,
     stores: &[Store],
 ) -> Result<RolledBack, EngineError> {
+    if p.history_missing {
+        return Ok(RolledBack {
+            kept: p.kept,
+            touched: 0,
+            broken: Vec::new(),
+            history_missing: true,
+        });
+    }
     let mut broken = Vec::new();
     for s in &p.touched {
         let Ok(id) = FileId::parse(s) else { continue };
@@ -179,6 +214,7 @@ pub(crate) fn finish(
         kept: p.kept,
         touched: p.touched.len(),
         broken,
+        history_missing: false,
     })
 }
 

@@ -229,3 +229,31 @@ async fn a_voided_version_is_forgotten_when_the_history_becomes_the_groups() {
     assert_eq!(e.data_version(), v);
     e.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_past_the_kept_history_changes_nothing_and_asks_for_a_recopy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1);
+    let e = Engine::open(cfg.clone()).unwrap();
+    let k = kept_state(&e).await;
+    let new = diverge(&e, &k).await;
+    let v = e.data_version();
+    e.shutdown().await.unwrap(); // a checkpoint past the kept version
+    drop(e);
+    // The log no longer starts at version 1 (as if older segments were
+    // gone): the index at the kept version cannot be rebuilt.
+    let bdir = cfg.meta_dir.join("binlog");
+    std::fs::rename(
+        bdir.join(format!("binlog.{:020}", 1)),
+        bdir.join(format!("binlog.{:020}", 2)),
+    )
+    .unwrap();
+    request_rollback(&cfg.meta_dir, k.version).unwrap();
+    let e = Engine::open(cfg.clone()).unwrap();
+    let r = e.rolled_back().cloned().expect("a rollback report");
+    assert!(r.history_missing && r.must_recopy(), "{r:?}");
+    assert!(marker(&cfg.meta_dir), "the marker stays until the re-copy");
+    assert_eq!(e.data_version(), v, "nothing was dropped");
+    assert!(e.exists(&new).await.unwrap());
+    e.shutdown().await.unwrap();
+}

@@ -93,11 +93,12 @@ impl Server {
         let engine = tokio::task::spawn_blocking(move || Engine::open(engine_cfg))
             .await
             .map_err(|e| EngineError::Internal(format!("engine open task failed: {e}")))??;
-        if let Some(r) = engine.rolled_back().filter(|r| !r.broken.is_empty()) {
+        if let Some(r) = engine.rolled_back().filter(|r| r.must_recopy()) {
             tracing::warn!(
                 kept = r.kept,
                 broken = r.broken.len(),
-                "a rollback left files that no longer match their kept state: wiping the store to copy everything again"
+                history_missing = r.history_missing,
+                "a rollback could not keep this server's data: wiping the store to copy everything again"
             );
             return Err(EngineError::Internal(wipe::wipe_and_restart(&wipe)).into());
         }
