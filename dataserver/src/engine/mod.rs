@@ -173,8 +173,9 @@ pub struct Engine {
     ckpt_thread: Mutex<Option<recovery::CheckpointThread>>,
     /// Replicates local changes before they are published (sync masters).
     hook: RwLock<Option<Arc<dyn ReplicateHook>>>,
-    /// What a rollback asked for before this open did.
-    rolled_back: Option<RolledBack>,
+    /// What a rollback asked for before this open did (its broken files
+    /// cleared once the rollback is complete).
+    rolled_back: Mutex<Option<RolledBack>>,
     /// See [`Engine::voided_from`].
     voided: Mutex<Option<u64>>,
 }
@@ -400,9 +401,8 @@ impl Engine {
     }
 
     /// What the rollback asked for before this open did (`None`: none was).
-    /// Broken files mean the server must re-copy everything.
-    pub fn rolled_back(&self) -> Option<&RolledBack> {
-        self.rolled_back.as_ref()
+    pub fn rolled_back(&self) -> Option<RolledBack> {
+        self.rolled_back.lock().clone()
     }
 
     /// The lowest version a recovery voided here (a record whose data never

@@ -172,7 +172,7 @@ pub(crate) fn open(cfg: EngineConfig) -> Result<Arc<Engine>, EngineError> {
         ckpt_thread: Mutex::new(None),
         hook: RwLock::new(None),
         voided: Mutex::new(voided_from),
-        rolled_back,
+        rolled_back: Mutex::new(rolled_back),
     });
     let t = spawn_checkpointer(Arc::downgrade(&engine))
         .ctx(|| "starting the checkpoint thread".into())?;

@@ -19,8 +19,12 @@
 //!    whose old extent they may have reused) and large-file patches and
 //!    truncates: such a file no longer matches. All intact: the marker goes
 //!    and catch-up copies the group's versions from the next one on. Any
-//!    broken: the marker stays and the server must re-copy everything
-//!    (see `repl::wipe`), which a restart before that would find again.
+//!    broken: the marker stays (a restart finds the same), and catch-up
+//!    first restores each from the master's copy at the same file version,
+//!    in place, leaving the index as it is ([`Engine::restore_kept`]); a
+//!    file the master has changed or deleted since is left to the versions
+//!    copied next, which replace it. Then the marker goes
+//!    ([`Engine::complete_rollback`]).
 //!
 //! When the index at the kept version cannot be rebuilt (a checkpoint past
 //! it and a binlog that no longer starts at version 1) nothing is changed
@@ -31,19 +35,22 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use proto::FileId;
 use tracing::{info, warn};
 
 use super::binlog;
 use super::checkpoint;
-use super::chunk::{Store, HEADER_LEN};
-use super::content::crc_of;
+use super::chunk::{encode_header, Store, HEADER_LEN};
+use super::content::{blocking, crc_of};
 use super::disk;
 use super::error::{EngineError, IoContext};
 use super::index::{Entry, IndexMap, Loc};
+use super::Engine;
 
 const MARKER: &str = "ROLLBACK";
 /// The lowest version recovery voided that the group may have otherwise.
@@ -57,8 +64,10 @@ pub struct RolledBack {
     /// Files the dropped versions touched (at this open and any interrupted
     /// one before it).
     pub touched: usize,
-    /// Touched files whose kept state no longer matches its data: the
-    /// server must re-copy everything.
+    /// Touched files whose kept state no longer matches its data, to be
+    /// restored from the master ([`Engine::restore_kept`]) or replaced by
+    /// the newer versions copied from it; the rollback is complete (its
+    /// marker goes) only then ([`Engine::complete_rollback`]).
     pub broken: Vec<String>,
     /// The history before the kept version is no longer here (see
     /// `Pending`): nothing was rolled back; the server must re-copy
@@ -69,7 +78,7 @@ pub struct RolledBack {
 impl RolledBack {
     /// Whether the server must wipe its store and re-copy everything.
     pub fn must_recopy(&self) -> bool {
-        self.history_missing || !self.broken.is_empty()
+        self.history_missing
     }
 }
 
@@ -258,4 +267,121 @@ pub(crate) fn voided(meta_dir: &Path) -> Option<u64> {
 /// This server's history is the group's (it became master): forget it.
 pub(crate) fn forget_voided(meta_dir: &Path) -> io::Result<()> {
     disk::remove_file(meta_dir, VOIDED)
+}
+
+impl Engine {
+    /// Files the rollback at this open found overwritten and not restored
+    /// yet (empty when there was no rollback or it is complete).
+    pub fn rollback_broken(&self) -> Vec<String> {
+        self.rolled_back
+            .lock()
+            .as_ref()
+            .map(|r| r.broken.clone())
+            .unwrap_or_default()
+    }
+
+    /// The kept state of `id` (a file the rollback found overwritten), if
+    /// the index has it: its file version.
+    pub fn kept_version(&self, id: &FileId) -> Option<u64> {
+        self.index.read().get(id).map(|e| e.version)
+    }
+
+    /// Put back the kept content of `id`, found overwritten by the
+    /// rollback, from `data`: the master's copy at the same file
+    /// `version`. Written in place and made durable (the chunk record with
+    /// its header, or the large file through a temp file renamed over it);
+    /// the index is unchanged. `Ok(false)` when `data` is not that content
+    /// (another version, size or crc32), changing nothing.
+    pub async fn restore_kept(
+        &self,
+        id: &FileId,
+        version: u64,
+        data: Bytes,
+    ) -> Result<bool, EngineError> {
+        let Some(e) = self.index.read().get(id).cloned() else {
+            return Ok(false);
+        };
+        if e.version != version || e.size != data.len() as u64 || crc32fast::hash(&data) != e.crc32
+        {
+            return Ok(false);
+        }
+        let store = self.stores.get(e.loc.store() as usize).ok_or_else(|| {
+            EngineError::Internal(format!("{id}: no store path {}", e.loc.store()))
+        })?;
+        match e.loc {
+            Loc::Small {
+                chunk,
+                offset,
+                capacity,
+                ..
+            } => {
+                let file = store
+                    .chunk(chunk)
+                    .ctx(|| format!("opening the chunk of {id}"))?;
+                let header = encode_header(
+                    &id.to_string(),
+                    e.version,
+                    e.size,
+                    capacity,
+                    e.crc32,
+                    e.appender,
+                );
+                blocking(move || {
+                    file.write_all_at(&header, offset)?;
+                    file.write_all_at(&data, offset + HEADER_LEN)?;
+                    file.sync_data()
+                })
+                .await?
+                .ctx(|| format!("restoring {id} in its chunk"))?;
+            }
+            Loc::Large { .. } => {
+                let tmp = store
+                    .tmp_dir
+                    .join(format!("up.{:016x}", rand::random::<u64>()));
+                let path = store.large_path(id);
+                blocking(move || {
+                    let res = (|| {
+                        let f = std::fs::File::create(&tmp)?;
+                        f.write_all_at(&data, 0)?;
+                        f.sync_all()?;
+                        std::fs::rename(&tmp, &path)?;
+                        match path.parent() {
+                            Some(dir) => disk::sync_dir(dir),
+                            None => Ok(()),
+                        }
+                    })();
+                    if res.is_err() {
+                        let _ = std::fs::remove_file(&tmp);
+                    }
+                    res
+                })
+                .await?
+                .ctx(|| format!("restoring {id}"))?;
+            }
+        }
+        Ok(intact(id, &e, &self.stores))
+    }
+
+    /// Every broken file is restored ([`Self::restore_kept`]) or will be
+    /// replaced by newer versions copied from the master: the rollback is
+    /// complete, its marker goes (blocking file I/O).
+    pub fn complete_rollback(&self) -> Result<(), EngineError> {
+        let mut r = self.rolled_back.lock();
+        let Some(r) = r.as_mut().filter(|r| !r.broken.is_empty()) else {
+            return Ok(());
+        };
+        let meta = &self.cfg.meta_dir;
+        if voided(meta).is_some_and(|v| v > r.kept) {
+            disk::remove_file(meta, VOIDED).ctx(|| "removing meta/VOIDED".into())?;
+            *self.voided.lock() = None;
+        }
+        disk::remove_file(meta, MARKER).ctx(|| "removing meta/ROLLBACK".into())?;
+        info!(
+            kept = r.kept,
+            restored_or_replaced = r.broken.len(),
+            "rollback complete"
+        );
+        r.broken.clear();
+        Ok(())
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use bytes::Bytes;
 use proto::FileId;
 
 use super::tests::{check, config, pattern, upload, VecBody, THRESHOLD};
@@ -78,7 +79,7 @@ async fn a_rollback_drops_later_versions_and_keeps_the_rest() {
 
     request_rollback(&cfg.meta_dir, k.version).unwrap();
     let e = Engine::open(cfg.clone()).unwrap();
-    let r = e.rolled_back().cloned().expect("a rollback report");
+    let r = e.rolled_back().expect("a rollback report");
     assert_eq!(r.kept, k.version);
     assert_eq!(r.touched, 5);
     assert!(r.broken.is_empty(), "{:?}", r.broken);
@@ -134,18 +135,64 @@ async fn a_rollback_that_finds_a_kept_file_overwritten_reports_it_every_time() {
         .unwrap();
     drop(f);
 
+    // And the large file patched over in place (simulated the same way).
+    let lpath = cfg.store_paths[0]
+        .join("data")
+        .join(k.large.0.relative_path());
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lpath)
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a; 64], 1000).unwrap();
+    drop(f);
+
     // Reported, the marker stays, and so every time it opens (as after a
-    // crash before the server re-copied everything).
+    // crash before the files were restored).
     request_rollback(&cfg.meta_dir, k.version).unwrap();
+    let mut want = vec![k.small.0.to_string(), k.large.0.to_string()];
+    want.sort();
     for _ in 0..2 {
         let e = Engine::open(cfg.clone()).unwrap();
-        let r = e.rolled_back().cloned().expect("a rollback report");
-        assert_eq!(r.broken, vec![k.small.0.to_string()]);
+        let r = e.rolled_back().expect("a rollback report");
+        let mut got = r.broken.clone();
+        got.sort();
+        assert_eq!(got, want);
         assert_eq!(r.touched, 5);
+        assert!(!r.must_recopy());
         assert!(marker(&cfg.meta_dir));
         assert_eq!(e.data_version(), k.version);
         drop(e);
     }
+
+    // Restored from copies at the kept versions (other content is refused
+    // and changes nothing), then the rollback is complete.
+    let e = Engine::open(cfg.clone()).unwrap();
+    let (small_v, large_v) = (
+        e.kept_version(&k.small.0).unwrap(),
+        e.kept_version(&k.large.0).unwrap(),
+    );
+    let wrong = Bytes::from(pattern(k.small.1.len(), 99));
+    assert!(!e.restore_kept(&k.small.0, small_v, wrong).await.unwrap());
+    let right = Bytes::from(k.small.1.clone());
+    assert!(!e
+        .restore_kept(&k.small.0, small_v + 1, right.clone())
+        .await
+        .unwrap());
+    assert!(e.restore_kept(&k.small.0, small_v, right).await.unwrap());
+    let large = Bytes::from(k.large.1.clone());
+    assert!(e.restore_kept(&k.large.0, large_v, large).await.unwrap());
+    e.complete_rollback().unwrap();
+    assert!(e.rollback_broken().is_empty());
+    assert!(!marker(&cfg.meta_dir));
+    check(&e, &k.small.0, &k.small.1).await;
+    check(&e, &k.large.0, &k.large.1).await;
+    drop(e); // a crash: the restores are durable, no rollback again
+    let e = Engine::open(cfg.clone()).unwrap();
+    assert!(e.rolled_back().is_none());
+    for (id, data) in [&k.small, &k.appender, &k.large] {
+        check(&e, id, data).await;
+    }
+    e.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,7 +297,7 @@ async fn a_rollback_past_the_kept_history_changes_nothing_and_asks_for_a_recopy(
     .unwrap();
     request_rollback(&cfg.meta_dir, k.version).unwrap();
     let e = Engine::open(cfg.clone()).unwrap();
-    let r = e.rolled_back().cloned().expect("a rollback report");
+    let r = e.rolled_back().expect("a rollback report");
     assert!(r.history_missing && r.must_recopy(), "{r:?}");
     assert!(marker(&cfg.meta_dir), "the marker stays until the re-copy");
     assert_eq!(e.data_version(), v, "nothing was dropped");

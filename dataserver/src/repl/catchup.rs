@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use client::peer::{PeerBody, PeerConn};
 use proto::cluster::{ClusterMap, ServerId, ServerStatus};
-use proto::{ErrorCode, Reply, Request};
+use proto::{ErrorCode, FileId, Reply, Request};
 use tokio::sync::Notify;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -73,6 +73,55 @@ impl CatchUp {
         Puller::new(&self.engine, &self.repl, master, epoch)
             .run_until(slack)
             .await
+    }
+
+    /// Put back the files the rollback found overwritten (see
+    /// `engine::rollback`): each the master still has at the kept file
+    /// version is restored from its copy; one it changed or deleted since
+    /// is left to the versions copied next, which replace it. Then the
+    /// rollback is complete. A copy at the kept version with other content,
+    /// or an older one, means the history was not shared after all: wipe.
+    async fn restore(&self, master: &str, epoch: u64, broken: &[String]) -> Result<(), String> {
+        let _one = self.repl.pull_lock().lock().await;
+        let puller = Puller::new(&self.engine, &self.repl, master, epoch);
+        let mut restored = 0;
+        for name in broken {
+            let id = FileId::parse(name).map_err(|e| format!("{name}: {e}"))?;
+            let Some(kept) = self.engine.kept_version(&id) else {
+                continue;
+            };
+            match puller.fetch(name).await? {
+                Some((v, _, data)) if v == kept => {
+                    let ok = self
+                        .engine
+                        .restore_kept(&id, v, data)
+                        .await
+                        .map_err(|e| format!("restoring {name}: {e}"))?;
+                    if !ok {
+                        warn!(file = %name, version = v, "the master's copy at the kept version differs: wiping to copy everything again");
+                        return Err(wipe::wipe_and_restart(&self.wipe));
+                    }
+                    restored += 1;
+                }
+                Some((v, _, _)) if v < kept => {
+                    warn!(file = %name, kept, master = v, "the master has an older copy than the kept one: wiping to copy everything again");
+                    return Err(wipe::wipe_and_restart(&self.wipe));
+                }
+                // Changed or deleted since: a copied version replaces it.
+                _ => {}
+            }
+        }
+        let engine = self.engine.clone();
+        tokio::task::spawn_blocking(move || engine.complete_rollback())
+            .await
+            .map_err(|e| format!("completing the rollback: {e}"))?
+            .map_err(|e| e.to_string())?;
+        info!(
+            restored,
+            broken = broken.len(),
+            "files the rollback found overwritten restored from the master"
+        );
+        Ok(())
     }
 
     /// How close a copy must come before this server asks into the write
@@ -197,6 +246,10 @@ impl CatchUp {
                             return Err(wipe::roll_back_and_restart(&self.wipe, point));
                         }
                     }
+                }
+                let broken = self.engine.rollback_broken();
+                if !broken.is_empty() {
+                    self.restore(&master.addr, epoch, &broken).await?;
                 }
                 let reached = self.pull(&master.addr, epoch, self.slack()).await?;
                 client

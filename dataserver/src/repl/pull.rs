@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use client::peer::PeerBody;
 use futures::stream::{self, StreamExt};
-use proto::{FileId, LogRef, ReplOp, ReplRecord, Reply, Request};
+use proto::{FileId, LogRef, ReplOp, ReplRecord, ReplState, Reply, Request};
 use tracing::{debug, info};
 
 use super::peers::PeerPool;
@@ -217,30 +217,39 @@ impl<'a> Puller<'a> {
                 return Ok((rec, Bytes::new()));
             }
         }
-        let mut data = Vec::new();
-        let res = self
-            .call(
-                Request::ReplFetch {
-                    file_id: r.file_id.clone(),
-                },
-                Some(&mut data),
-            )
-            .await?;
-        match res {
-            Ok(Reply::ReplFile { state: None, .. }) => Ok((rec, Bytes::new())),
-            Ok(Reply::ReplFile {
-                file_version,
-                state: Some(st),
-            }) => {
+        match self.fetch(&r.file_id).await? {
+            None => Ok((rec, Bytes::new())),
+            Some((file_version, st, data)) => {
                 rec.file_id = r.file_id.clone();
                 rec.op = ReplOp::Install;
                 rec.file_version = file_version;
                 rec.body_len = st.size;
                 rec.state = Some(st);
-                Ok((rec, Bytes::from(data)))
+                Ok((rec, data))
             }
+        }
+    }
+
+    /// The master's current copy of `file_id`: its file version, state and
+    /// content (`None`: the master has no such file).
+    pub async fn fetch(&self, file_id: &str) -> Result<Option<(u64, ReplState, Bytes)>, String> {
+        let mut data = Vec::new();
+        let res = self
+            .call(
+                Request::ReplFetch {
+                    file_id: file_id.to_string(),
+                },
+                Some(&mut data),
+            )
+            .await?;
+        match res {
+            Ok(Reply::ReplFile { state: None, .. }) => Ok(None),
+            Ok(Reply::ReplFile {
+                file_version,
+                state: Some(st),
+            }) => Ok(Some((file_version, st, Bytes::from(data)))),
             Ok(other) => Err(format!("unexpected answer to ReplFetch: {other:?}")),
-            Err(e) => Err(format!("ReplFetch {} refused: {e}", r.file_id)),
+            Err(e) => Err(format!("ReplFetch {file_id} refused: {e}")),
         }
     }
 }
