@@ -341,6 +341,10 @@ impl Engine {
                 let path = store.large_path(id);
                 blocking(move || {
                     let res = (|| {
+                        // A dropped delete may have left no directory.
+                        if let Some(dir) = path.parent() {
+                            std::fs::create_dir_all(dir)?;
+                        }
                         let f = std::fs::File::create(&tmp)?;
                         f.write_all_at(&data, 0)?;
                         f.sync_all()?;

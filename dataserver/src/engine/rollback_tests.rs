@@ -304,3 +304,32 @@ async fn a_rollback_past_the_kept_history_changes_nothing_and_asks_for_a_recopy(
     assert!(e.exists(&new).await.unwrap());
     e.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_deleted_by_a_dropped_version_is_restored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1);
+    let e = Engine::open(cfg.clone()).unwrap();
+    let data = pattern(THRESHOLD as usize + 777, 6);
+    let id = upload(&e, &data, false).await;
+    let kept = e.data_version();
+    e.delete(&id, None).await.unwrap();
+    drop(e);
+
+    request_rollback(&cfg.meta_dir, kept).unwrap();
+    let e = Engine::open(cfg.clone()).unwrap();
+    let r = e.rolled_back().expect("a rollback report");
+    assert_eq!(r.broken, vec![id.to_string()], "its file is gone");
+    let v = e.kept_version(&id).unwrap();
+    assert!(e
+        .restore_kept(&id, v, Bytes::from(data.clone()))
+        .await
+        .unwrap());
+    e.complete_rollback().unwrap();
+    check(&e, &id, &data).await;
+    drop(e);
+    let e = Engine::open(cfg).unwrap();
+    assert!(e.rolled_back().is_none());
+    check(&e, &id, &data).await;
+    e.shutdown().await.unwrap();
+}
