@@ -7,15 +7,18 @@
 //!   took writes in an older epoch and holds versions past the point the
 //!   next epoch started (`GroupInfo::divergence_point`) may hold writes
 //!   nobody acknowledged (so may one whose recovery voided a version the
-//!   group may have, `Engine::voided_from`): it restarts to drop the versions past that point
-//!   (`engine::rollback`; a file they left broken, or no shared history at
-//!   all, means wiping the store to re-copy everything, [`super::wipe`]).
-//!   Then catch up: list the master's binlog from the
+//!   group may have, `Engine::voided_from`): it restarts to drop the
+//!   versions past that point (`engine::rollback`), then restores the
+//!   files the dropped versions left overwritten from the master (sharing
+//!   no history at all, it wipes the store to re-copy everything,
+//!   [`super::wipe`]). Then catch up: list the master's binlog from the
 //!   next version here and apply each version in turn ([`super::pull`]).
 //!   Caught up: report ONLINE.
-//! * ONLINE: the master now sends live writes too; fill any gap, then ask
-//!   the master to activate (`ReplReady`): it makes every write wait for
-//!   this server, replicates a barrier, and has the leaders mark it ACTIVE.
+//! * ONLINE: the same history check (a member ONLINE when its master was
+//!   replaced may hold live writes the new one lacks). The master now sends
+//!   live writes too; fill any gap, then ask the master to activate
+//!   (`ReplReady`): it makes every write wait for this server, replicates
+//!   a barrier, and has the leaders mark it ACTIVE.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +76,58 @@ impl CatchUp {
         Puller::new(&self.engine, &self.repl, master, epoch)
             .run_until(slack)
             .await
+    }
+
+    /// Before copying from the master: a server whose history went past
+    /// the group's (it last took writes in an older epoch and holds versions
+    /// past the point the next one started, or a recovery voided a version
+    /// here the group may have) restarts to roll back to the shared part
+    /// (or, sharing nothing, to wipe and re-copy everything); one that has
+    /// rolled back restores the files it found overwritten.
+    async fn check_history(
+        &self,
+        map: Option<&ClusterMap>,
+        master: &str,
+        epoch: u64,
+    ) -> Result<(), String> {
+        if let Some(g) = map.and_then(|m| m.group(&self.group)) {
+            let last_epoch = self.repl.epoch_file().get();
+            let mine = self.engine.next_version() - 1;
+            let voided = self.engine.voided_from();
+            let trusted = [
+                g.divergence_point(last_epoch),
+                voided.map(|v| v.saturating_sub(1)),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            match trusted {
+                Some(0) if mine > 0 => {
+                    warn!(
+                        last_epoch,
+                        mine,
+                        "this server may hold writes the group never acknowledged, and no history is shared: wiping it to copy everything again"
+                    );
+                    return Err(wipe::wipe_and_restart(&self.wipe));
+                }
+                Some(point) if mine > point => {
+                    warn!(
+                        last_epoch,
+                        mine,
+                        point,
+                        ?voided,
+                        "this server may hold writes the group never acknowledged: rolling back to the shared history"
+                    );
+                    return Err(wipe::roll_back_and_restart(&self.wipe, point));
+                }
+                _ => {}
+            }
+        }
+        let broken = self.engine.rollback_broken();
+        if !broken.is_empty() {
+            self.restore(master, epoch, &broken).await?;
+        }
+        Ok(())
     }
 
     /// Put back the files the rollback found overwritten (see
@@ -212,45 +267,8 @@ impl CatchUp {
         match status {
             ServerStatus::WaitSync => self.report_syncing().await,
             ServerStatus::Syncing | ServerStatus::Recovering => {
-                if let Some(g) = map.as_ref().and_then(|m| m.group(&self.group)) {
-                    let last_epoch = self.repl.epoch_file().get();
-                    let mine = self.engine.next_version() - 1;
-                    // Trusted history: up to where the group's went on
-                    // without this server, and below any version a
-                    // recovery voided here (the group may have a real
-                    // change at that number).
-                    let trusted = [
-                        g.divergence_point(last_epoch),
-                        self.engine.voided_from().map(|v| v.saturating_sub(1)),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .min();
-                    if let Some(point) = trusted {
-                        if mine > point && point == 0 {
-                            warn!(
-                                last_epoch,
-                                mine,
-                                "this server may hold writes the group never acknowledged, and no history is shared: wiping it to copy everything again"
-                            );
-                            return Err(wipe::wipe_and_restart(&self.wipe));
-                        }
-                        if mine > point {
-                            warn!(
-                                last_epoch,
-                                mine,
-                                point,
-                                voided = ?self.engine.voided_from(),
-                                "this server may hold writes the group never acknowledged: rolling back to the shared history"
-                            );
-                            return Err(wipe::roll_back_and_restart(&self.wipe, point));
-                        }
-                    }
-                }
-                let broken = self.engine.rollback_broken();
-                if !broken.is_empty() {
-                    self.restore(&master.addr, epoch, &broken).await?;
-                }
+                self.check_history(map.as_ref(), &master.addr, epoch)
+                    .await?;
                 let reached = self.pull(&master.addr, epoch, self.slack()).await?;
                 client
                     .report_progress(self.id, ServerStatus::Online, reached)
@@ -262,6 +280,8 @@ impl CatchUp {
                 self.join_write_set(&master.addr, epoch).await
             }
             ServerStatus::Online => {
+                self.check_history(map.as_ref(), &master.addr, epoch)
+                    .await?;
                 self.pull(&master.addr, epoch, self.slack()).await?;
                 self.join_write_set(&master.addr, epoch).await
             }
