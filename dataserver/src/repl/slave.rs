@@ -192,6 +192,20 @@ pub async fn apply(
             Err(EngineError::Diverged(_)) if engine.next_version() > rec.version => {
                 already_here(engine, rec.version, timing).await
             }
+            // A copy from the master is running (it holds the pull lock):
+            // a batch of it may have skipped an earlier change of this file
+            // because this very version changes it again (the copy installs
+            // the file's state at this version itself), so the state this
+            // change applies to is not here. The copy takes this version.
+            Err(EngineError::Diverged(e)) if repl.pull_lock().try_lock().is_err() => {
+                debug!(version = rec.version, error = %e, "leaving a live change to the running copy");
+                engine.wait_turn(rec.version + 1, timing.gap_wait).await;
+                if engine.next_version() > rec.version {
+                    already_here(engine, rec.version, timing).await
+                } else {
+                    Err(wire(EngineError::Diverged(e)))
+                }
+            }
             Err(e) => Err(wire(e)),
         }
     };
