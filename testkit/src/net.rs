@@ -1,6 +1,6 @@
 //! Loopback addresses and liveness probes.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Mutex;
@@ -11,7 +11,7 @@ use std::time::Duration;
 /// never the same twice in this process, and bindable when handed out.
 /// Falls back to an ephemeral port when there is no room below the range.
 pub fn free_addr() -> SocketAddr {
-    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
     const LOW: u32 = 10_000;
     let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
@@ -19,12 +19,13 @@ pub fn free_addr() -> SocketAddr {
         .unwrap_or(32_768);
     if ephemeral > LOW + 1000 {
         let span = ephemeral - LOW;
-        let mut x = std::process::id()
+        // xorshift32 never leaves 0: keep the seed odd.
+        let mut x = (std::process::id()
             ^ std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
+                .map_or(0, |d| d.subsec_nanos()))
+            | 1;
         let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-        let given = given.get_or_insert_with(HashSet::new);
         for _ in 0..1000 {
             // xorshift32
             x ^= x << 13;

@@ -348,11 +348,16 @@ pub(crate) fn recover(
 }
 
 /// Drop every record above version `keep` (a rollback to the group's
-/// history, see `rollback.rs`): segments after the one holding `keep + 1`
-/// are removed (newest first), then that one is cut before it (removed
-/// when it starts there). Returns the records dropped. Repeating it after
-/// a crash midway drops the rest; the log is a prefix throughout.
-pub(crate) fn cut_after(dir: &Path, keep: u64) -> io::Result<Vec<BinlogRecord>> {
+/// history, see `rollback.rs`): `first` sees them before anything changes,
+/// then segments after the one holding `keep + 1` are removed (newest
+/// first) and that one is cut before it (removed when it starts there).
+/// Returns how many were dropped. Repeating it after a crash midway drops
+/// the rest; the log is a prefix throughout.
+pub(crate) fn cut_after(
+    dir: &Path,
+    keep: u64,
+    first: impl FnOnce(&[BinlogRecord]) -> io::Result<()>,
+) -> io::Result<usize> {
     let mut dropped = Vec::new();
     let mut cut: Option<(PathBuf, u64)> = None;
     recover(dir, keep, |r, path| {
@@ -361,8 +366,9 @@ pub(crate) fn cut_after(dir: &Path, keep: u64) -> io::Result<Vec<BinlogRecord>> 
         }
         dropped.push(r);
     })?;
+    first(&dropped)?;
     let Some((path, at)) = cut else {
-        return Ok(dropped);
+        return Ok(0);
     };
     for (_, later) in segments(dir)?.iter().rev().filter(|(_, p)| *p > path) {
         std::fs::remove_file(later)?;
@@ -375,7 +381,7 @@ pub(crate) fn cut_after(dir: &Path, keep: u64) -> io::Result<Vec<BinlogRecord>> 
         f.sync_all()?;
     }
     disk::sync_dir(dir)?;
-    Ok(dropped)
+    Ok(dropped.len())
 }
 
 /// The first version the log holds (`None`: no segment).

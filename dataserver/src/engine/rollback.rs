@@ -35,7 +35,6 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -46,7 +45,7 @@ use tracing::{info, warn};
 use super::binlog;
 use super::checkpoint;
 use super::chunk::{encode_header, Store, HEADER_LEN};
-use super::content::{blocking, crc_of};
+use super::content::crc_of;
 use super::disk;
 use super::error::{EngineError, IoContext};
 use super::index::{Entry, IndexMap, Loc};
@@ -155,27 +154,27 @@ pub(crate) fn prepare(meta_dir: &Path, bdir: &Path) -> Result<Option<Pending>, E
         p.history_missing = true;
         return Ok(Some(p));
     }
-    let mut later = Vec::new();
-    binlog::recover(bdir, p.kept, |r, _| later.push(r))
-        .ctx(|| "reading the binlog to roll back".into())?;
-    let before = p.touched.len();
-    p.touched.extend(
-        later
-            .iter()
-            .filter(|r| !r.file_id.is_empty())
-            .map(|r| r.file_id.clone()),
-    );
-    if p.touched.len() > before {
-        write_marker(meta_dir, p.kept, &p.touched)
-            .ctx(|| "recording the files a rollback touches".into())?;
-    }
-    let dropped = binlog::cut_after(bdir, p.kept).ctx(|| "cutting the binlog".into())?;
+    // The touched ids are in the marker before the log is cut.
+    let dropped = binlog::cut_after(bdir, p.kept, |later| {
+        let before = p.touched.len();
+        p.touched.extend(
+            later
+                .iter()
+                .filter(|r| !r.file_id.is_empty())
+                .map(|r| r.file_id.clone()),
+        );
+        if p.touched.len() > before {
+            write_marker(meta_dir, p.kept, &p.touched)?;
+        }
+        Ok(())
+    })
+    .ctx(|| "cutting the binlog".into())?;
     if replay_all {
         checkpoint::remove(meta_dir).ctx(|| "removing a checkpoint past the rollback".into())?;
     }
     warn!(
         kept = p.kept,
-        dropped = dropped.len(),
+        dropped,
         touched = p.touched.len(),
         checkpoint_removed = replay_all,
         "rolling back to the group's history: versions after the kept one dropped"
@@ -209,10 +208,7 @@ pub(crate) fn finish(
         }
     }
     if broken.is_empty() {
-        if voided(meta_dir).is_some_and(|v| v > p.kept) {
-            disk::remove_file(meta_dir, VOIDED).ctx(|| "removing meta/VOIDED".into())?;
-        }
-        disk::remove_file(meta_dir, MARKER).ctx(|| "removing meta/ROLLBACK".into())?;
+        complete(meta_dir, p.kept)?;
         info!(
             kept = p.kept,
             touched = p.touched.len(),
@@ -225,6 +221,17 @@ pub(crate) fn finish(
         broken,
         history_missing: false,
     })
+}
+
+/// The rollback to `kept` is complete: its marker goes, and so does a
+/// voided version it dropped. Returns whether that one went.
+fn complete(meta_dir: &Path, kept: u64) -> Result<bool, EngineError> {
+    let dropped_void = voided(meta_dir).is_some_and(|v| v > kept);
+    if dropped_void {
+        disk::remove_file(meta_dir, VOIDED).ctx(|| "removing meta/VOIDED".into())?;
+    }
+    disk::remove_file(meta_dir, MARKER).ctx(|| "removing meta/ROLLBACK".into())?;
+    Ok(dropped_void)
 }
 
 /// Whether `e`'s bytes on disk still have its crc32.
@@ -249,12 +256,10 @@ fn intact(id: &FileId, e: &Entry, stores: &[Store]) -> bool {
 /// durable): on a member of a sync group, the group may have a real change
 /// at that number, so this server's history is only trusted below it
 /// (`meta/VOIDED` keeps the lowest such version until a rollback drops it
-/// or this server's history becomes the group's). Returns the version now
-/// noted.
-pub(crate) fn note_voided(meta_dir: &Path, v: u64) -> io::Result<u64> {
+/// or this server's history becomes the group's).
+pub(crate) fn note_voided(meta_dir: &Path, v: u64) -> io::Result<()> {
     let low = voided(meta_dir).map_or(v, |old| old.min(v));
-    disk::replace_file(meta_dir, VOIDED, format!("{low}\n").as_bytes())?;
-    Ok(low)
+    disk::replace_file(meta_dir, VOIDED, format!("{low}\n").as_bytes())
 }
 
 /// The version [`note_voided`] keeps, if any.
@@ -288,9 +293,10 @@ impl Engine {
 
     /// Put back the kept content of `id`, found overwritten by the
     /// rollback, from `data`: the master's copy at the same file
-    /// `version`. Written in place and made durable (the chunk record with
-    /// its header, or the large file through a temp file renamed over it);
-    /// the index is unchanged. `Ok(false)` when `data` is not that content
+    /// `version`. Written in place and made durable through the store's
+    /// disk thread (the chunk record with its header, or the large file
+    /// through a temp file moved into place like a new one's); the index is
+    /// unchanged. `Ok(false)` when `data` is not that content
     /// (another version, size or crc32), changing nothing.
     pub async fn restore_kept(
         &self,
@@ -326,44 +332,41 @@ impl Engine {
                     e.crc32,
                     e.appender,
                 );
-                blocking(move || {
-                    file.write_all_at(&header, offset)?;
-                    file.write_all_at(&data, offset + HEADER_LEN)?;
-                    file.sync_data()
-                })
-                .await?
-                .ctx(|| format!("restoring {id} in its chunk"))?;
+                let pieces = vec![
+                    (offset, Bytes::copy_from_slice(&header)),
+                    (offset + HEADER_LEN, data),
+                ];
+                store
+                    .disk
+                    .write(&file, pieces, true)
+                    .await
+                    .ctx(|| format!("restoring {id} in its chunk"))?;
             }
             Loc::Large { .. } => {
                 let tmp = store
                     .tmp_dir
                     .join(format!("up.{:016x}", rand::random::<u64>()));
-                let path = store.large_path(id);
-                blocking(move || {
-                    let res = (|| {
-                        // A dropped delete may have left no directory.
-                        if let Some(dir) = path.parent() {
-                            std::fs::create_dir_all(dir)?;
-                        }
-                        let f = std::fs::File::create(&tmp)?;
-                        f.write_all_at(&data, 0)?;
-                        f.sync_all()?;
-                        std::fs::rename(&tmp, &path)?;
-                        match path.parent() {
-                            Some(dir) => disk::sync_dir(dir),
-                            None => Ok(()),
-                        }
-                    })();
-                    if res.is_err() {
-                        let _ = std::fs::remove_file(&tmp);
-                    }
-                    res
-                })
-                .await?
-                .ctx(|| format!("restoring {id}"))?;
+                let written = async {
+                    let file = std::fs::File::create(&tmp)?;
+                    store
+                        .disk
+                        .write(&Arc::new(file), vec![(0, data)], true)
+                        .await
+                }
+                .await
+                .ctx(|| format!("restoring {id} into {}", tmp.display()));
+                // The same move into place as a new large file's.
+                let installed = match written {
+                    Ok(()) => self.install(store, &tmp, &store.large_path(id)).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = installed {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
+                }
             }
         }
-        Ok(intact(id, &e, &self.stores))
+        Ok(true)
     }
 
     /// Every broken file is restored ([`Self::restore_kept`]) or will be
@@ -374,12 +377,9 @@ impl Engine {
         let Some(r) = r.as_mut().filter(|r| !r.broken.is_empty()) else {
             return Ok(());
         };
-        let meta = &self.cfg.meta_dir;
-        if voided(meta).is_some_and(|v| v > r.kept) {
-            disk::remove_file(meta, VOIDED).ctx(|| "removing meta/VOIDED".into())?;
+        if complete(&self.cfg.meta_dir, r.kept)? {
             *self.voided.lock() = None;
         }
-        disk::remove_file(meta, MARKER).ctx(|| "removing meta/ROLLBACK".into())?;
         info!(
             kept = r.kept,
             restored_or_replaced = r.broken.len(),

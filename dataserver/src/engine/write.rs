@@ -730,7 +730,12 @@ impl Engine {
     }
 
     /// Move a durable temp file to its final place and make the rename durable.
-    async fn install(&self, store: &Store, tmp: &Path, path: &Path) -> Result<(), EngineError> {
+    pub(super) async fn install(
+        &self,
+        store: &Store,
+        tmp: &Path,
+        path: &Path,
+    ) -> Result<(), EngineError> {
         let (tmp, path, data_dir) = (
             tmp.to_path_buf(),
             path.to_path_buf(),

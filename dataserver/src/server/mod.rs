@@ -96,9 +96,7 @@ impl Server {
         if let Some(r) = engine.rolled_back().filter(|r| r.must_recopy()) {
             tracing::warn!(
                 kept = r.kept,
-                broken = r.broken.len(),
-                history_missing = r.history_missing,
-                "a rollback could not keep this server's data: wiping the store to copy everything again"
+                "a rollback could not rebuild the history it keeps: wiping the store to copy everything again"
             );
             return Err(EngineError::Internal(wipe::wipe_and_restart(&wipe)).into());
         }
